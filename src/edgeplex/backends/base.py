@@ -1,0 +1,82 @@
+"""The backend contract: one small protocol every engine (ONNX Runtime, OpenVINO, ...) fulfils.
+
+A Backend opens a Session for one execution config; a Session runs named numpy tensors and
+reports the memory it took. Nothing here knows about requests, queues or transports.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, TypeVar, runtime_checkable
+
+import numpy as np
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """One measurable way to run a model: (backend, processor, variant, threads, max batch)."""
+
+    backend: str = "onnxruntime"
+    processor: str = "cpu"
+    variant: str = "fp32"
+    # Intra-op threads; 0 lets the backend choose (ONNX Runtime: one per physical core).
+    threads: int = 1
+    max_batch: int = 0
+
+    def label(self) -> str:
+        return f"{self.backend}/{self.processor}/{self.variant}/t{self.threads}/b{self.max_batch}"
+
+
+@runtime_checkable
+class Session(Protocol):
+    """A loaded model, ready to run. `run` must release the GIL while it computes."""
+
+    @property
+    def memory_bytes(self) -> int:
+        """Resident memory this session took when it was opened (measured, not guessed)."""
+
+    def run(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run once; returns the requested outputs (all outputs when None), by name."""
+
+    def close(self) -> None:
+        """Release what the session holds. Further runs are an error."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """An engine that can open sessions on some processors of this machine."""
+
+    name: str
+
+    def available(self) -> bool:
+        """True if the engine's library imports and can run here."""
+
+    def version(self) -> str:
+        """The engine's version, part of every profile's key."""
+
+    def processors(self) -> list[str]:
+        """The processors it can use on this machine, e.g. ["cpu", "cuda:0"]."""
+
+    def open(self, model_path: Path, config: ExecutionConfig) -> Session:
+        """Open `model_path` under `config`; raises BackendError with the reason on failure."""
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def resident_bytes() -> int:
+    """This process's resident set size, from /proc (cheap enough to call around a load)."""
+    with open("/proc/self/statm", "rb") as statm:
+        return int(statm.read().split()[1]) * _PAGE_SIZE
+
+
+def measure_rss(fn: Callable[[], T]) -> tuple[T, int]:
+    """Run `fn` and return its result with the resident-set growth it caused (never negative)."""
+    before = resident_bytes()
+    result = fn()
+    return result, max(0, resident_bytes() - before)

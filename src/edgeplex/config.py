@@ -1,0 +1,171 @@
+"""Model and server configuration, with validation errors that name the file and the field.
+
+A model's configuration is YAML (`config.yaml`), close in meaning to Triton's `config.pbtxt`,
+which is read too. Dims exclude the batch dimension when `max_batch_size > 0`, as in Triton.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+from .tensors import V2_TO_NUMPY
+
+KNOWN_BACKENDS = ("onnxruntime",)
+
+
+class TensorSpec(BaseModel):
+    """One input or output: its name, V2 datatype and dims (-1 = any size)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    datatype: str
+    dims: list[int]
+
+    @field_validator("datatype", mode="before")
+    @classmethod
+    def _datatype(cls, value: object) -> str:
+        text = str(value).upper().removeprefix("TYPE_")
+        if text == "STRING":
+            text = "BYTES"
+        if text not in V2_TO_NUMPY:
+            raise ValueError(f"unknown datatype '{value}' (expected one of {', '.join(V2_TO_NUMPY)})")
+        return text
+
+    @field_validator("dims")
+    @classmethod
+    def _dims(cls, value: list[int]) -> list[int]:
+        if any(d < -1 or d == 0 for d in value):
+            raise ValueError(f"dims {value} must be positive or -1 (any size)")
+        return value
+
+
+class ModelConfig(BaseModel):
+    """What a model needs to be served. Unknown fields are refused, so typos surface."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    backend: str = "onnxruntime"
+    max_batch_size: int = Field(default=0, ge=0)
+    inputs: list[TensorSpec] = Field(default_factory=list)
+    outputs: list[TensorSpec] = Field(default_factory=list)
+    instance_count: int = Field(default=1, ge=1, le=64)
+    # Intra-op threads per instance; 0 lets the backend pick (ONNX Runtime: one per core).
+    threads: int = Field(default=1, ge=0, le=256)
+    priority: int = Field(default=1, ge=1, le=16)
+    slo_ms: float | None = Field(default=None, gt=0)
+    pinned: bool = False
+    default_model_filename: str = "model.onnx"
+    parameters: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, value: str) -> str:
+        value = {"onnxruntime_onnx": "onnxruntime"}.get(value, value)
+        if value not in KNOWN_BACKENDS:
+            raise ValueError(f"unknown backend '{value}' (expected one of {', '.join(KNOWN_BACKENDS)})")
+        return value
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((spec for spec in self.inputs if spec.name == name), None)
+
+    def full_dims(self, spec: TensorSpec) -> list[int]:
+        """Dims including the batch dimension, as clients see them in metadata."""
+        return ([-1] if self.max_batch_size > 0 else []) + list(spec.dims)
+
+
+def read_config_file(path: Path, model_name: str) -> dict[str, Any]:
+    """The raw fields of a config.yaml or config.pbtxt (not yet validated)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    if path.suffix == ".pbtxt":
+        return _pbtxt_fields(text, path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def validate_config(fields: dict[str, Any], source: Path | str) -> ModelConfig:
+    """A ModelConfig from raw fields; ConfigError naming the source and each bad field."""
+    try:
+        return ModelConfig.model_validate(fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"field '{'.'.join(str(p) for p in err['loc']) or '<root>'}': {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def _pbtxt_fields(text: str, path: Path) -> dict[str, Any]:
+    """Read Triton's config.pbtxt with Triton's own schema, then map it to our fields."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    proto = mc.ModelConfig()
+    try:
+        text_format.Parse(text, proto)
+    except text_format.ParseError as exc:
+        raise ConfigError(f"{path}: invalid config.pbtxt: {exc}") from None
+
+    def spec(t: Any) -> dict[str, Any]:
+        return {"name": t.name, "datatype": mc.DataType.Name(t.data_type), "dims": list(t.dims)}
+
+    fields: dict[str, Any] = {}
+    if proto.name:
+        fields["name"] = proto.name
+    backend = proto.backend or proto.platform
+    if backend:
+        fields["backend"] = backend
+    if proto.max_batch_size:
+        fields["max_batch_size"] = proto.max_batch_size
+    if proto.input:
+        fields["inputs"] = [spec(t) for t in proto.input]
+    if proto.output:
+        fields["outputs"] = [spec(t) for t in proto.output]
+    if proto.instance_group:
+        fields["instance_count"] = sum(max(group.count, 1) for group in proto.instance_group)
+    if proto.default_model_filename:
+        fields["default_model_filename"] = proto.default_model_filename
+    if proto.HasField("dynamic_batching") and proto.dynamic_batching.default_priority_level:
+        fields["priority"] = proto.dynamic_batching.default_priority_level
+    params = {key: value.string_value for key, value in proto.parameters.items()}
+    if params:
+        fields["parameters"] = params
+    return fields
+
+
+def default_cores() -> int:
+    """The cores this process may use (respects CPU affinity and cgroup pinning)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class ServerConfig:
+    """Settings of `edgeplex serve`."""
+
+    repository: Path | None = None
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    cores: int = field(default_factory=default_cores)
+    max_body_bytes: int = 64 * 1024 * 1024
+    log_level: str = "info"

@@ -1,0 +1,115 @@
+"""Engine: the protocol-independent data plane. HTTP and gRPC are thin adapters over it;
+tests and benchmarks drive it in-process, without a socket."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from ..config import ModelConfig, default_cores
+from ..errors import EdgeplexError, ServerShuttingDown
+from ..repository import Repository
+from .executor import TokenPool
+from .manager import ModelManager, ModelState
+from .request import InferRequest, InferResponse
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    """Loads models from a repository and runs requests on them, concurrently and within `cores`."""
+
+    def __init__(self, repository: Path, cores: int | None = None) -> None:
+        self.cores = cores or default_cores()
+        self.pools = {"cpu": TokenPool("cpu", self.cores)}
+        self.manager = ModelManager(Repository(repository), self.pools)
+        self.started_ns = time.monotonic_ns()
+        self._closed = False
+
+    # -- model control -------------------------------------------------------------------------
+    def load_all(self, names: list[str] | None = None) -> dict[str, str]:
+        """Load `names` (default: every model in the repository); returns failures by name."""
+        wanted = names if names is not None else list(self.manager.repository.scan())
+        failures: dict[str, str] = {}
+        for name in wanted:
+            try:
+                self.manager.load(name)
+            except EdgeplexError as exc:
+                failures[name] = exc.message
+        return failures
+
+    def load(self, name: str) -> None:
+        self.manager.load(name)
+
+    def unload(self, name: str) -> None:
+        self.manager.unload(name)
+
+    def models(self) -> list[ModelState]:
+        return self.manager.states()
+
+    def is_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.manager.runner(name, version)
+        except EdgeplexError:
+            return False
+        return True
+
+    def ready(self) -> bool:
+        """Server readiness: up and not draining. Like Triton's `--strict-readiness=false`, a model
+        that failed to load makes only itself not ready, never the whole server."""
+        return not self._closed
+
+    def config(self, name: str, version: str = "") -> ModelConfig:
+        if version:
+            return self.manager.runner(name, version).config
+        return self.manager.config(name)
+
+    def metadata(self, name: str, version: str = "") -> dict[str, Any]:
+        """KServe V2 model metadata (shapes include the batch dimension as -1)."""
+        runner = self.manager.runner(name, version)
+        config = runner.config
+        versions = sorted(self.manager.state(name).runners, key=int)
+
+        def tensors(specs: Any) -> list[dict[str, Any]]:
+            return [{"name": s.name, "datatype": s.datatype, "shape": config.full_dims(s)} for s in specs]
+
+        return {
+            "name": name,
+            "versions": versions,
+            "platform": f"{config.backend}_onnx",
+            "inputs": tensors(config.inputs),
+            "outputs": tensors(config.outputs),
+        }
+
+    def statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
+        """Triton statistics entries: one model (and version) or every loaded one."""
+        if name:
+            runner = self.manager.runner(name, version)
+            runners = [runner] if version else list(self.manager.state(name).runners.values())
+        else:
+            runners = [r for s in self.manager.states() for r in s.runners.values()]
+        return [runner.stats.as_triton() for runner in runners]
+
+    # -- inference -----------------------------------------------------------------------------
+    def submit(self, request: InferRequest) -> "Future[InferResponse]":
+        """Validate and queue a request; the future resolves when it has run."""
+        if self._closed:
+            raise ServerShuttingDown("the server is shutting down")
+        return self.manager.runner(request.model_name, request.model_version).submit(request)
+
+    def infer(self, request: InferRequest) -> InferResponse:
+        """Run a request and wait for it (from any thread but an event loop's)."""
+        return self.submit(request).result()
+
+    async def infer_async(self, request: InferRequest) -> InferResponse:
+        """Run a request without blocking the event loop."""
+        return await asyncio.wrap_future(self.submit(request))
+
+    def close(self) -> None:
+        """Refuse new requests, finish the queued ones, release every model."""
+        self._closed = True
+        self.manager.close()

@@ -1,0 +1,168 @@
+"""A loaded model version: its sessions (instances), its queue, its executor threads, its stats.
+
+One executor thread per instance: the backends release the GIL while they compute, so
+instances of different models (and of one model) run truly in parallel, each holding its
+processor's tokens only while it computes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..backends import ExecutionConfig, Session
+from ..config import ModelConfig
+from ..errors import DeadlineExceeded, EdgeplexError, InvalidInput
+from ..tensors import numpy_dtype, shape_matches, v2_datatype
+from .executor import TokenPool
+from .request import InferRequest, InferResponse
+from .scheduler import Job, RequestQueue
+from .stats import ModelStats
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_QUEUE = 1024
+
+
+@dataclass
+class Instance:
+    """One open session of the model under one execution config."""
+
+    session: Session
+    config: ExecutionConfig
+    memory_bytes: int
+
+
+class ModelRunner:
+    """Serves one model version: validates, queues and executes its requests."""
+
+    def __init__(self, config: ModelConfig, version: str, instances: list[Instance], pool: TokenPool) -> None:
+        self.config = config
+        self.version = version
+        self.instances = instances
+        self.pool = pool
+        self.stats = ModelStats(config.name, version)
+        self.queue = RequestQueue(int(config.parameters.get("max_queue_size", DEFAULT_MAX_QUEUE)))
+        self._threads = [
+            threading.Thread(target=self._serve, args=(inst,), name=f"edgeplex-{config.name}-{version}-{i}", daemon=True)
+            for i, inst in enumerate(instances)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def memory_bytes(self) -> int:
+        return sum(inst.memory_bytes for inst in self.instances)
+
+    def submit(self, request: InferRequest) -> "Future[InferResponse]":
+        """Validate and enqueue; the future resolves on an executor thread."""
+        validate_inputs(self.config, request)
+        priority = request.priority or self.config.priority
+        timeout_us = request.timeout_us
+        deadline = time.monotonic_ns() + timeout_us * 1000 if timeout_us else None
+        return self.queue.put(request, priority, deadline)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish what is queued, then stop the threads and release the sessions."""
+        self.queue.close()
+        for thread in self._threads:
+            thread.join(timeout)
+        for inst in self.instances:
+            inst.session.close()
+
+    def _serve(self, instance: Instance) -> None:
+        while (job := self.queue.get()) is not None:
+            if not job.future.set_running_or_notify_cancel():
+                continue  # the caller went away while it waited
+            try:
+                job.future.set_result(self._execute(instance, job))
+            except EdgeplexError as exc:
+                self.stats.record_failure(time.monotonic_ns() - job.enqueued_ns)
+                job.future.set_exception(exc)
+            except Exception as exc:  # a backend bug must not kill the executor thread
+                log.exception("model %s: unexpected failure", self.config.name)
+                self.stats.record_failure(time.monotonic_ns() - job.enqueued_ns)
+                job.future.set_exception(exc)
+
+    def _execute(self, instance: Instance, job: Job) -> InferResponse:
+        request = job.request
+        start = time.monotonic_ns()
+        if job.deadline_ns < start:
+            raise DeadlineExceeded(
+                f"model '{request.model_name}': request waited {(start - job.enqueued_ns) / 1e6:.1f} ms, "
+                "past its timeout; not computed"
+            )
+        wanted = request.outputs
+        with self.pool.hold(instance.config.threads or self.pool.capacity, job.priority):
+            computed = time.monotonic_ns()
+            outputs = instance.session.run(request.inputs, wanted)
+            done = time.monotonic_ns()
+        queue_ns = computed - job.enqueued_ns
+        infer_ns = done - computed
+        batch = _batch_size(self.config, request)
+        self.stats.record_execution(batch, 0, infer_ns, 0)
+        self.stats.record_success(queue_ns, 0, infer_ns, 0, done - job.enqueued_ns, batch)
+        return InferResponse(request.model_name, self.version, outputs, id=request.id)
+
+
+def _batch_size(config: ModelConfig, request: InferRequest) -> int:
+    if config.max_batch_size == 0 or not request.inputs:
+        return 1
+    return int(next(iter(request.inputs.values())).shape[0])
+
+
+def validate_inputs(config: ModelConfig, request: InferRequest) -> None:
+    """Check names, datatypes, shapes and the batch size against the config; InvalidInput names the fault."""
+    name = config.name
+    expected = {spec.name for spec in config.inputs}
+    unknown = [key for key in request.inputs if key not in expected]
+    if unknown:
+        raise InvalidInput(f"model '{name}' has no input '{unknown[0]}' (inputs: {', '.join(sorted(expected))})")
+    missing = [spec.name for spec in config.inputs if spec.name not in request.inputs]
+    if missing:
+        raise InvalidInput(f"model '{name}': input '{missing[0]}' is missing")
+    batch: int | None = None
+    for spec in config.inputs:
+        array = request.inputs[spec.name]
+        got = v2_datatype(array.dtype)
+        if got != spec.datatype:
+            raise InvalidInput(f"model '{name}': input '{spec.name}' must be {spec.datatype}, got {got}")
+        shape = list(array.shape)
+        if config.max_batch_size > 0:
+            if not shape or not 1 <= shape[0] <= config.max_batch_size:
+                raise InvalidInput(
+                    f"model '{name}': input '{spec.name}' shape {shape}: batch size must be 1..{config.max_batch_size}"
+                )
+            if batch is not None and shape[0] != batch:
+                raise InvalidInput(f"model '{name}': inputs disagree on the batch size ({batch} vs {shape[0]})")
+            batch = shape[0]
+            shape = shape[1:]
+        if not shape_matches(shape, spec.dims):
+            raise InvalidInput(
+                f"model '{name}': input '{spec.name}' has shape {list(array.shape)}, expected "
+                f"{config.full_dims(spec)} (-1 = any size)"
+            )
+        if spec.datatype != "BYTES" and array.dtype != numpy_dtype(spec.datatype):
+            raise InvalidInput(f"model '{name}': input '{spec.name}' dtype {array.dtype} is not {spec.datatype}")
+    if request.outputs is not None:
+        known = {spec.name for spec in config.outputs}
+        for out in request.outputs:
+            if out not in known:
+                raise InvalidInput(f"model '{name}' has no output '{out}' (outputs: {', '.join(sorted(known))})")
+
+
+def warmup_inputs(config: ModelConfig) -> dict[str, np.ndarray]:
+    """Zero inputs of a plausible shape (batch 1, unknown dims 32) for the first run at load."""
+    inputs: dict[str, np.ndarray] = {}
+    for spec in config.inputs:
+        dims = [32 if d == -1 else d for d in config.full_dims(spec)]
+        if config.max_batch_size > 0:
+            dims[0] = 1
+        dtype = numpy_dtype(spec.datatype)
+        inputs[spec.name] = np.zeros(dims, dtype=dtype) if spec.datatype != "BYTES" else np.full(dims, b"", dtype=object)
+    return inputs

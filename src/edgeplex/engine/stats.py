@@ -1,0 +1,93 @@
+"""Per-model statistics in the shape of Triton's statistics extension.
+
+Counts and cumulative nanoseconds, updated by executor threads under a lock; read by the
+HTTP/gRPC statistics endpoints and by Prometheus.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+
+
+@dataclass
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+@dataclass
+class ModelStats:
+    """Triton's `ModelStatistics` for one model version."""
+
+    name: str
+    version: str
+    durations: dict[str, Duration] = field(default_factory=lambda: {k: Duration() for k in DURATIONS})
+    inference_count: int = 0
+    execution_count: int = 0
+    last_inference_ms: int = 0
+    # Requests answered because the model had to be loaded again (edgeplex's own).
+    reloads: int = 0
+    batch: dict[int, dict[str, Duration]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record_success(
+        self, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int, total_ns: int, batch_size: int = 1
+    ) -> None:
+        """One request answered; `inference_count` counts its batch rows, as Triton does."""
+        with self._lock:
+            for key, value in (
+                ("success", total_ns),
+                ("queue", queue_ns),
+                ("compute_input", input_ns),
+                ("compute_infer", infer_ns),
+                ("compute_output", output_ns),
+            ):
+                duration = self.durations[key]
+                duration.count += 1
+                duration.ns += value
+            self.inference_count += batch_size
+            self.last_inference_ms = int(time.time() * 1000)
+
+    def record_execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        with self._lock:
+            self.execution_count += 1
+            entry = self.batch.setdefault(
+                batch_size, {k: Duration() for k in ("compute_input", "compute_infer", "compute_output")}
+            )
+            for key, value in (("compute_input", input_ns), ("compute_infer", infer_ns), ("compute_output", output_ns)):
+                entry[key].count += 1
+                entry[key].ns += value
+
+    def record_failure(self, total_ns: int) -> None:
+        with self._lock:
+            duration = self.durations["fail"]
+            duration.count += 1
+            duration.ns += total_ns
+
+    def as_triton(self) -> dict[str, Any]:
+        """The JSON of Triton's `/v2/models/{m}/stats` entry (also parsed into the gRPC proto)."""
+        with self._lock:
+            return {
+                "name": self.name,
+                "version": self.version,
+                "last_inference": self.last_inference_ms,
+                "inference_count": self.inference_count,
+                "execution_count": self.execution_count,
+                "inference_stats": {
+                    **{key: d.as_dict() for key, d in self.durations.items()},
+                    "cache_hit": {"count": 0, "ns": 0},
+                    "cache_miss": {"count": 0, "ns": 0},
+                },
+                "batch_stats": [
+                    {"batch_size": size, **{key: d.as_dict() for key, d in entry.items()}}
+                    for size, entry in sorted(self.batch.items())
+                ],
+            }

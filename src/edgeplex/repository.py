@@ -1,0 +1,157 @@
+"""The model repository: Triton's layout, read and completed.
+
+    <repo>/<model>/config.yaml | config.pbtxt      (optional, may be partial)
+    <repo>/<model>/<version>/model.onnx            (versions are positive integers)
+
+A missing or partial config is completed from the ONNX file's own signature, like Triton's
+auto-complete. Every problem is a ConfigError naming the file and the field, and it stays with
+its model: one bad model never prevents the others from loading.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from .config import ModelConfig, read_config_file, validate_config
+from .errors import ConfigError, ModelNotFound
+from .tensors import ONNX_TO_V2
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+# Triton's ONNX Runtime backend completes max_batch_size to 4 when the model can batch.
+AUTOCOMPLETE_MAX_BATCH = 4
+
+
+@dataclass
+class ModelSource:
+    """A model's folder: its versions (number -> model file) and its config file, if any."""
+
+    name: str
+    path: Path
+    versions: dict[int, Path] = field(default_factory=dict)
+    config_file: Path | None = None
+
+    @property
+    def latest_version(self) -> int:
+        return max(self.versions)
+
+
+class Repository:
+    """Reads a model repository folder. Cheap to re-scan; holds no loaded state."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def scan(self) -> dict[str, ModelSource]:
+        """All model folders under the root, by name (folders that are not models are skipped)."""
+        if not self.root.is_dir():
+            raise ConfigError(f"model repository {self.root} is not a directory")
+        found: dict[str, ModelSource] = {}
+        for child in sorted(self.root.iterdir()):
+            if child.is_dir() and MODEL_NAME.match(child.name) and not child.name.startswith("."):
+                found[child.name] = self._source(child)
+        return found
+
+    def source(self, name: str) -> ModelSource:
+        """One model's folder; ModelNotFound for names that are not (safely) in the repository."""
+        if not MODEL_NAME.match(name) or name in (".", ".."):
+            raise ModelNotFound(f"model '{name}' is not in the repository")
+        path = self.root / name
+        if not path.is_dir():
+            raise ModelNotFound(f"model '{name}' is not in the repository")
+        return self._source(path)
+
+    def _source(self, path: Path) -> ModelSource:
+        source = ModelSource(name=path.name, path=path)
+        for candidate in ("config.yaml", "config.yml", "config.pbtxt"):
+            if (path / candidate).is_file():
+                source.config_file = path / candidate
+                break
+        for child in path.iterdir():
+            if child.is_dir() and child.name.isdigit() and int(child.name) > 0:
+                source.versions[int(child.name)] = child
+        return source
+
+    def load_config(self, source: ModelSource) -> ModelConfig:
+        """The model's complete config: its file's fields, completed from the ONNX signature."""
+        fields: dict[str, Any] = {}
+        origin: Path | str = source.path
+        if source.config_file is not None:
+            fields = read_config_file(source.config_file, source.name)
+            origin = source.config_file
+        fields.setdefault("name", source.name)
+        if fields["name"] != source.name:
+            raise ConfigError(f"{origin}: field 'name': '{fields['name']}' differs from its folder '{source.name}'")
+        config = validate_config(fields, origin)
+        if not source.versions:
+            raise ConfigError(f"{source.path}: no version folder (expected {source.path}/1/{config.default_model_filename})")
+        model_file = source.versions[source.latest_version] / config.default_model_filename
+        if not model_file.is_file():
+            raise ConfigError(f"{origin}: model file {model_file} is missing")
+        return autocomplete(config, fields, model_file, origin)
+
+
+def onnx_signature(model_file: Path) -> tuple[list[tuple[str, str, list[int]]], list[tuple[str, str, list[int]]]]:
+    """(inputs, outputs) of an ONNX file as (name, V2 datatype, dims with -1 for unknown)."""
+    try:
+        model = onnx.load(str(model_file), load_external_data=False)
+    except Exception as exc:
+        raise ConfigError(f"{model_file}: not a readable ONNX model: {exc}") from None
+    initializers = {init.name for init in model.graph.initializer}
+
+    def describe(values: Any) -> list[tuple[str, str, list[int]]]:
+        out = []
+        for value in values:
+            if value.name in initializers:
+                continue
+            tensor = value.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in tensor.shape.dim]
+            out.append((value.name, ONNX_TO_V2.get(tensor.elem_type, "FP32"), dims))
+        return out
+
+    return describe(model.graph.input), describe(model.graph.output)
+
+
+def autocomplete(config: ModelConfig, given: dict[str, Any], model_file: Path, origin: Path | str) -> ModelConfig:
+    """Fill what the config leaves out from the ONNX signature; check what it states."""
+    inputs, outputs = onnx_signature(model_file)
+    batchable = all(dims and dims[0] == -1 for _, _, dims in inputs + outputs)
+    max_batch = config.max_batch_size
+    if "max_batch_size" not in given:
+        max_batch = AUTOCOMPLETE_MAX_BATCH if batchable else 0
+    elif max_batch > 0 and not batchable:
+        raise ConfigError(
+            f"{origin}: field 'max_batch_size': {max_batch} but the model's tensors have no variable "
+            "first (batch) dimension; use 0"
+        )
+    skip = 1 if max_batch > 0 else 0
+
+    def complete(kind: str, stated: list[Any], actual: list[tuple[str, str, list[int]]]) -> list[dict[str, Any]]:
+        by_name = {name: (dtype, dims[skip:]) for name, dtype, dims in actual}
+        if not stated:
+            return [{"name": n, "datatype": t, "dims": d} for n, (t, d) in by_name.items()]
+        for index, spec in enumerate(stated):
+            if spec.name not in by_name:
+                raise ConfigError(
+                    f"{origin}: field '{kind}.{index}.name': '{spec.name}' is not a {kind[:-1]} of the model "
+                    f"(it has: {', '.join(by_name)})"
+                )
+            dtype, dims = by_name[spec.name]
+            if spec.datatype != dtype:
+                raise ConfigError(f"{origin}: field '{kind}.{index}.datatype': {spec.datatype} but the model has {dtype}")
+            if len(spec.dims) != len(dims):
+                raise ConfigError(
+                    f"{origin}: field '{kind}.{index}.dims': {spec.dims} has rank {len(spec.dims)}, "
+                    f"the model's '{spec.name}' has {dims} (batch dimension excluded when max_batch_size > 0)"
+                )
+        return [spec.model_dump() for spec in stated]
+
+    fields = config.model_dump()
+    fields["max_batch_size"] = max_batch
+    fields["inputs"] = complete("inputs", config.inputs, inputs)
+    fields["outputs"] = complete("outputs", config.outputs, outputs)
+    return validate_config(fields, origin)

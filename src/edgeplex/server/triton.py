@@ -1,0 +1,61 @@
+"""Protocol-level documents shared by the HTTP and gRPC adapters: server metadata, Triton's
+model configuration and the repository index, each built once from the engine's state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import __version__
+from ..config import ModelConfig
+from ..engine import Engine
+
+SERVER_NAME = "edgeplex"
+EXTENSIONS = [
+    "binary_tensor_data",
+    "model_repository",
+    "model_configuration",
+    "statistics",
+]
+
+
+def server_metadata() -> dict[str, Any]:
+    return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+
+
+def model_config_dict(config: ModelConfig) -> dict[str, Any]:
+    """Triton's `ModelConfig` as JSON (numbers as numbers, as Triton writes them), which
+    perf_analyzer and tritonclient read; the gRPC adapter parses the same dict into the proto."""
+
+    def tensor(spec: Any) -> dict[str, Any]:
+        return {"name": spec.name, "data_type": f"TYPE_{'STRING' if spec.datatype == 'BYTES' else spec.datatype}", "dims": list(spec.dims)}
+
+    document: dict[str, Any] = {
+        "name": config.name,
+        "platform": f"{config.backend}_onnx",
+        "backend": config.backend,
+        "max_batch_size": config.max_batch_size,
+        "input": [tensor(s) for s in config.inputs],
+        "output": [tensor(s) for s in config.outputs],
+        "instance_group": [{"name": config.name, "count": config.instance_count, "kind": "KIND_CPU"}],
+        "default_model_filename": config.default_model_filename,
+        "parameters": {
+            **{key: {"string_value": value} for key, value in config.parameters.items()},
+            "threads": {"string_value": str(config.threads)},
+            **({"slo_ms": {"string_value": str(config.slo_ms)}} if config.slo_ms is not None else {}),
+        },
+    }
+    if config.max_batch_size > 0:
+        document["dynamic_batching"] = {"default_priority_level": config.priority}
+    return document
+
+
+def repository_index(engine: Engine, ready_only: bool = False) -> list[dict[str, Any]]:
+    """Triton's repository index: every model with its state and, when not ready, the reason."""
+    entries: list[dict[str, Any]] = []
+    for state in engine.models():
+        if ready_only and state.state != "READY":
+            continue
+        versions = sorted(state.runners, key=int) or [""]
+        for version in versions:
+            entries.append({"name": state.name, "version": version, "state": state.state, "reason": state.reason})
+    return entries
