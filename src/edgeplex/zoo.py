@@ -79,7 +79,7 @@ def _scene(rng: np.random.Generator, size: int) -> np.ndarray:
     a = rng.uniform(0.0, 1.0)
     t = (a * yy + (1.0 - a) * xx) / (size - 1)
     c0, c1 = rng.uniform(0.1, 0.9, (2, 3, 1, 1))
-    img = c0 * (1.0 - t) + c1 * t
+    img: np.ndarray = c0 * (1.0 - t) + c1 * t
     for _ in range(int(rng.integers(3, 8))):
         cy, cx = rng.uniform(0.1, 0.9, 2) * size
         ry, rx = rng.uniform(0.05, 0.25, 2) * size
@@ -89,7 +89,7 @@ def _scene(rng: np.random.Generator, size: int) -> np.ndarray:
             mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
         img[:, mask] = rng.uniform(0.0, 1.0, (3, 1))
     img += rng.normal(0.0, 0.02, img.shape)
-    return np.clip(img, 0.0, 1.0).astype(np.float32)
+    return np.asarray(np.clip(img, 0.0, 1.0), dtype=np.float32)
 
 
 def _glyph(img: np.ndarray, rng: np.random.Generator, top: int, left: int, h: int, w: int, ink: float) -> None:
@@ -137,21 +137,17 @@ def _ppocr(gray: np.ndarray) -> np.ndarray:
     return np.repeat(x[None], 3, axis=0).astype(np.float32)
 
 
-def _yolo_inputs(batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    return {"images": np.stack([_scene(rng, 320) for _ in range(batch)])}
+def _per_sample(key: str, make: Callable[[np.random.Generator], np.ndarray]) -> InputMaker:
+    """Inputs of a model with one input batched on axis 0: `batch` samples, stacked."""
+    return lambda batch, rng: {key: np.stack([make(rng) for _ in range(batch)])}
 
 
-def _det_inputs(batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    pages = [_text(rng, 320, 320, 28, 16, int(rng.integers(4, 20))) for _ in range(batch)]
-    return {"x": np.stack([_ppocr(p) for p in pages])}
+def _page(rng: np.random.Generator) -> np.ndarray:
+    return _ppocr(_text(rng, 320, 320, 28, 16, int(rng.integers(4, 20))))
 
 
-def _line_inputs(width: int) -> InputMaker:
-    def make(batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        lines = [_text(rng, 48, width, 48, 32, int(rng.integers(6, 10))) for _ in range(batch)]
-        return {"x": np.stack([_ppocr(x) for x in lines])}
-
-    return make
+def _text_line(width: int) -> Callable[[np.random.Generator], np.ndarray]:
+    return lambda rng: _ppocr(_text(rng, 48, width, 48, 32, int(rng.integers(6, 10))))
 
 
 # magika v3 feature layout, from the wheel's magika/models/standard_v3_3/config.min.json
@@ -164,12 +160,8 @@ _STDLIB_GLOBS = ("*.py", "*.txt", "__pycache__/*.pyc", "lib-dynload/*.so", "ensu
 def _stdlib_files() -> tuple[tuple[Path, ...], ...]:
     """Real files of several types (source, bytecode, ELF, zip, make), grouped by kind."""
     root = Path(os.path.dirname(os.__file__))
-    groups = []
-    for pattern in _STDLIB_GLOBS:
-        files = tuple(p for p in sorted(root.glob(pattern)) if p.is_file() and p.stat().st_size >= 64)
-        if files:
-            groups.append(files)
-    return tuple(groups) or ((Path(os.__file__),),)
+    groups = (tuple(p for p in sorted(root.glob(g)) if p.is_file() and p.stat().st_size >= 64) for g in _STDLIB_GLOBS)
+    return tuple(g for g in groups if g) or ((Path(os.__file__),),)
 
 
 def magika_features(data: bytes) -> np.ndarray:
@@ -182,25 +174,23 @@ def magika_features(data: bytes) -> np.ndarray:
     return np.asarray(beg + end, dtype=np.int32)
 
 
-def _magika_inputs(batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _stdlib_file_features(rng: np.random.Generator) -> np.ndarray:
+    """Features of a real file: a kind of file first, so that bytecode does not crowd out the rest."""
     groups = _stdlib_files()
-    rows = []
-    for _ in range(batch):
-        group = groups[int(rng.integers(len(groups)))]
-        rows.append(magika_features(group[int(rng.integers(len(group)))].read_bytes()))
-    return {"bytes": np.stack(rows)}
+    group = groups[int(rng.integers(len(groups)))]
+    return magika_features(group[int(rng.integers(len(group)))].read_bytes())
 
 
 VAD_RATE, VAD_CHUNK, VAD_CONTEXT = 16000, 512, 64
 
 
 def _speech(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Voiced speech-like audio: harmonics of a wavering pitch shaped by formants, a syllable envelope, noise."""
+    """Voiced speech-like audio: formant-shaped harmonics of a wavering pitch, an envelope, noise."""
     t = np.arange(n) / VAD_RATE + rng.uniform(0.0, 5.0)
     f0 = rng.uniform(95.0, 230.0) * (1.0 + 0.03 * np.sin(2 * np.pi * 5.0 * t))
     phase = 2 * np.pi * np.cumsum(f0) / VAD_RATE
     formants = rng.uniform((400.0, 1000.0, 2200.0), (900.0, 1900.0, 3000.0))
-    sig = np.zeros(n)
+    sig: np.ndarray = np.zeros(n)
     for k in range(1, 30):
         gain = sum(np.exp(-(((k * f0.mean() - f) / 150.0) ** 2)) for f in formants) + 0.05
         sig += gain / k * np.sin(k * phase + rng.uniform(0, 2 * np.pi))
@@ -221,7 +211,7 @@ def _t(name: str, datatype: str, dims: list[int]) -> dict[str, Any]:
     return {"name": name, "datatype": datatype, "dims": dims}
 
 
-def _cfg(name: str, max_batch: int, slo_ms: float, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> dict[str, Any]:
+def _cfg(name: str, max_batch: int, slo_ms: float, inputs: list[Any], outputs: list[Any]) -> dict[str, Any]:
     return {"name": name, "backend": "onnxruntime", "max_batch_size": max_batch, "inputs": inputs,
             "outputs": outputs, "slo_ms": slo_ms}
 
@@ -232,24 +222,26 @@ ZOO: dict[str, ZooModel] = {m.name: m for m in (
     ZooModel("yolov8n", "nudenet==3.4.2", "nudenet/320n.onnx",
              "c15d8273adad2d0a92f014cc69ab2d6c311a06777a55545f2c4eb46f51911f0f",
              _cfg("yolov8n", 8, 100, [_t("images", "FP32", [3, 320, 320])], [_t("output0", "FP32", [22, 2100])]),
-             _yolo_inputs),
+             _per_sample("images", lambda rng: _scene(rng, 320))),
     ZooModel("ppocr_det", _OCR, _OCR_DIR + "ch_PP-OCRv4_det_infer.onnx",
              "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
-             _cfg("ppocr_det", 4, 100, [_t("x", "FP32", [3, -1, -1])], [_t("sigmoid_0.tmp_0", "FP32", [1, -1, -1])]),
-             _det_inputs),
+             _cfg("ppocr_det", 4, 100, [_t("x", "FP32", [3, -1, -1])],
+                  [_t("sigmoid_0.tmp_0", "FP32", [1, -1, -1])]),
+             _per_sample("x", _page)),
     ZooModel("ppocr_rec", _OCR, _OCR_DIR + "ch_PP-OCRv4_rec_infer.onnx",
              "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b",
-             _cfg("ppocr_rec", 8, 50, [_t("x", "FP32", [3, 48, -1])], [_t("softmax_11.tmp_0", "FP32", [-1, 6625])]),
-             _line_inputs(320)),
+             _cfg("ppocr_rec", 8, 50, [_t("x", "FP32", [3, 48, -1])],
+                  [_t("softmax_11.tmp_0", "FP32", [-1, 6625])]),
+             _per_sample("x", _text_line(320))),
     ZooModel("ppocr_cls", _OCR, _OCR_DIR + "ch_ppocr_mobile_v2.0_cls_infer.onnx",
              "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
              _cfg("ppocr_cls", 8, 20, [_t("x", "FP32", [3, 48, 192])],
                   [_t("save_infer_model/scale_0.tmp_1", "FP32", [2])]),
-             _line_inputs(192)),
+             _per_sample("x", _text_line(192))),
     ZooModel("magika", "magika==1.0.3", "magika/models/standard_v3_3/model.onnx",
              "fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535044de433169ec8c",
              _cfg("magika", 16, 20, [_t("bytes", "INT32", [2048])], [_t("target_label", "FP32", [214])]),
-             _magika_inputs),
+             _per_sample("bytes", _stdlib_file_features)),
     ZooModel("silero_vad", "silero-vad==6.2.3", "silero_vad/data/silero_vad.onnx",
              "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3",
              _cfg("silero_vad", 0, 10,
@@ -286,11 +278,13 @@ def example_inputs(name: str, batch: int = 1, seed: int = 0) -> dict[str, np.nda
     return model.make_inputs(batch, np.random.default_rng(seed))
 
 
-def _sha256(path: Path) -> str:
+def _copy_hashed(src: IO[bytes], dst: IO[bytes] | None = None) -> str:
+    """The sha256 of a stream, copying it to `dst` on the way when given."""
     digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
+    for chunk in iter(lambda: src.read(1 << 20), b""):
+        digest.update(chunk)
+        if dst is not None:
+            dst.write(chunk)
     return digest.hexdigest()
 
 
@@ -311,6 +305,11 @@ def _find_wheel(model: ZooModel, wheels_dir: Path) -> Path | None:
     return found[0] if found else None
 
 
+def _sha256_of(path: Path) -> str:
+    with path.open("rb") as f:
+        return _copy_hashed(f)
+
+
 @contextmanager
 def _atomic_writer(path: Path) -> Iterator[IO[bytes]]:
     """A temp file next to `path` that replaces it only if the block succeeds."""
@@ -329,13 +328,10 @@ def _extract(model: ZooModel, wheel: Path, target: Path) -> None:
     """Copy the member out of the wheel, hashing as it goes; nothing is left if the hash differs."""
     try:
         with zipfile.ZipFile(wheel) as zf, zf.open(model.member) as src, _atomic_writer(target) as dst:
-            digest = hashlib.sha256()
-            for chunk in iter(lambda: src.read(1 << 20), b""):
-                digest.update(chunk)
-                dst.write(chunk)
-            if digest.hexdigest() != model.sha256:
+            actual = _copy_hashed(src, dst)
+            if actual != model.sha256:
                 raise ZooError(f"{model.name}: sha256 mismatch for {model.member} in {wheel.name}: "
-                               f"expected {model.sha256}, got {digest.hexdigest()}")
+                               f"expected {model.sha256}, got {actual}")
     except KeyError:
         raise ZooError(f"{model.name}: {wheel.name} has no member {model.member}") from None
     except zipfile.BadZipFile as exc:
@@ -346,21 +342,14 @@ class _Progress:
     """A tqdm bar on a terminal, plain lines on stderr otherwise, nothing when disabled."""
 
     def __init__(self, total: int, enabled: bool) -> None:
-        tty = enabled and sys.stderr.isatty()
-        self._plain = enabled and not tty
-        self._bar = tqdm(total=total, desc="zoo", unit="model", file=sys.stderr, disable=not tty)
+        self.plain = enabled and not sys.stderr.isatty()
+        self.bar = tqdm(total=total, desc="zoo", unit="model", file=sys.stderr, disable=self.plain or not enabled)
 
     def step(self, name: str, what: str) -> None:
         logger.debug("%s: %s", name, what)
-        self._bar.set_postfix_str(f"{name}: {what}")
-        if self._plain:
+        self.bar.set_postfix_str(f"{name}: {what}")
+        if self.plain:
             print(f"edgeplex zoo: {name}: {what}", file=sys.stderr, flush=True)
-
-    def done(self) -> None:
-        self._bar.update(1)
-
-    def close(self) -> None:
-        self._bar.close()
 
 
 def pull(dest: Path | None = None, names: Sequence[str] | None = None, cache_dir: Path | None = None,
@@ -374,7 +363,7 @@ def pull(dest: Path | None = None, names: Sequence[str] | None = None, cache_dir
         for model in models:
             target = dest / model.name / "1" / "model.onnx"
             config_path = dest / model.name / "config.yaml"
-            if target.is_file() and _sha256(target) == model.sha256:
+            if target.is_file() and _sha256_of(target) == model.sha256:
                 bar.step(model.name, "present, checksum ok")
             else:
                 wheel = _find_wheel(model, wheels_dir)
@@ -391,9 +380,9 @@ def pull(dest: Path | None = None, names: Sequence[str] | None = None, cache_dir
             if not config_path.is_file():  # an existing config may hold the user's edits: keep it
                 with _atomic_writer(config_path) as f:
                     f.write(yaml.safe_dump(model.config, sort_keys=False).encode())
-            bar.done()
+            bar.bar.update(1)
     finally:
-        bar.close()
+        bar.bar.close()
     return dest
 
 

@@ -1,0 +1,187 @@
+"""KServe V2 REST adapter (Starlette on uvicorn) over the Engine.
+
+Triton's extensions that stock clients rely on are here too: binary tensors, the model
+repository, statistics and the model-configuration endpoint (perf_analyzer needs it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..engine import Engine
+from ..errors import EdgeplexError, InvalidInput, PayloadTooLarge
+from .codec import HEADER_LENGTH, decode_request, encode_response, parse_header_length
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .metrics import metrics_registry
+from .triton import model_config_dict, repository_index, server_metadata
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def json_response(document: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(document), status_code=status, media_type="application/json")
+
+
+def error_response(exc: EdgeplexError) -> Response:
+    response = json_response({"error": exc.message}, exc.http_status)
+    if exc.http_status == 429:
+        response.headers["retry-after"] = "1"
+    return response
+
+
+def guarded(handler: Handler) -> Handler:
+    """Map EdgeplexError to its status once, and anything unexpected to a logged 500."""
+
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except EdgeplexError as exc:
+            return error_response(exc)
+        except Exception:
+            log.exception("unexpected error on %s %s", request.method, request.url.path)
+            return json_response({"error": "internal server error (logged)"}, 500)
+
+    return wrapper
+
+
+def build_app(engine: Engine, max_body_bytes: int = 64 * 1024 * 1024) -> Starlette:
+    """The ASGI application serving `engine`."""
+
+    def version_of(request: Request) -> str:
+        return str(request.path_params.get("version", ""))
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+            raise PayloadTooLarge(f"request body of {declared} bytes is over the {max_body_bytes}-byte limit")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body_bytes:
+                raise PayloadTooLarge(f"request body is over the {max_body_bytes}-byte limit")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        encoding = request.headers.get("content-encoding", "identity").lower()
+        if encoding in ("gzip", "deflate"):
+            body = _decompress(body, encoding, max_body_bytes)
+        elif encoding != "identity":
+            raise InvalidInput(f"unsupported Content-Encoding '{encoding}' (use gzip, deflate or none)")
+        return body
+
+    async def live(request: Request) -> Response:
+        return Response(status_code=200)
+
+    async def ready(request: Request) -> Response:
+        return Response(status_code=200 if engine.ready() else 503)
+
+    async def metadata(request: Request) -> Response:
+        return json_response(server_metadata())
+
+    async def model_metadata(request: Request) -> Response:
+        return json_response(engine.metadata(request.path_params["model"], version_of(request)))
+
+    async def model_ready(request: Request) -> Response:
+        name = request.path_params["model"]
+        if engine.is_ready(name, version_of(request)):
+            return Response(status_code=200)
+        engine.manager.repository.source(name)  # 404 for a model that does not exist
+        return Response(status_code=503)
+
+    async def model_config(request: Request) -> Response:
+        return json_response(model_config_dict(engine.config(request.path_params["model"], version_of(request))))
+
+    async def model_stats(request: Request) -> Response:
+        name = request.path_params.get("model", "")
+        return json_response({"model_stats": engine.statistics(name, version_of(request))})
+
+    async def infer(request: Request) -> Response:
+        body = await read_body(request)
+        header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
+        decoded = decode_request(request.path_params["model"], version_of(request), body, header_length)
+        response = await engine.infer_async(decoded.request)
+        content, headers = encode_response(response, decoded)
+        return Response(content, headers=headers)
+
+    async def index(request: Request) -> Response:
+        body = await read_body(request)
+        options = _json_object(body)
+        ready_only = bool(options.get("ready", False))
+        return json_response(repository_index(engine, ready_only))
+
+    async def load(request: Request) -> Response:
+        if _json_object(await read_body(request)).get("parameters"):
+            raise InvalidInput("load parameters (config or file overrides) are not supported")
+        await asyncio.to_thread(engine.load, request.path_params["model"])
+        return Response(status_code=200)
+
+    async def unload(request: Request) -> Response:
+        await read_body(request)
+        await asyncio.to_thread(engine.unload, request.path_params["model"])
+        return Response(status_code=200)
+
+    registry = metrics_registry(engine)
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    model = "/v2/models/{model}"
+    versioned = "/v2/models/{model}/versions/{version}"
+    routes = [
+        Route("/v2/health/live", guarded(live)),
+        Route("/v2/health/ready", guarded(ready)),
+        Route("/v2", guarded(metadata)),
+        Route("/v2/models/stats", guarded(model_stats)),
+        Route("/v2/repository/index", guarded(index), methods=["POST"]),
+        Route("/v2/repository/models/{model}/load", guarded(load), methods=["POST"]),
+        Route("/v2/repository/models/{model}/unload", guarded(unload), methods=["POST"]),
+        Route("/metrics", guarded(metrics)),
+    ]
+    for prefix in (model, versioned):
+        routes += [
+            Route(prefix, guarded(model_metadata)),
+            Route(prefix + "/ready", guarded(model_ready)),
+            Route(prefix + "/config", guarded(model_config)),
+            Route(prefix + "/stats", guarded(model_stats)),
+            Route(prefix + "/infer", guarded(infer), methods=["POST"]),
+        ]
+    return Starlette(routes=routes)
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    """An optional JSON object body (empty means {}); InvalidInput if it is anything else."""
+    if not body.strip():
+        return {}
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidInput("request body must be a JSON object")
+    return document
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """Inflate a gzip/deflate body, refusing to grow past `limit` (no decompression bombs)."""
+    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInput(f"body is not valid {encoding} data: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"decompressed body is over the {limit}-byte limit")
+    return out

@@ -1,0 +1,67 @@
+"""Prometheus metrics, collected from the engine's own statistics at scrape time.
+
+Reading the counters the statistics extension already keeps means the request path does no
+extra work for metrics, and /metrics can never disagree with /v2/models/stats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ..engine import Engine
+
+
+class EngineCollector(Collector):
+    """Per-model request counts and durations, per-processor tokens, per-model memory."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        labels = ["model", "version"]
+        success = CounterMetricFamily("edgeplex_inference_request_success", "Successful inference requests", labels=labels)
+        failure = CounterMetricFamily("edgeplex_inference_request_failure", "Failed inference requests", labels=labels)
+        count = CounterMetricFamily("edgeplex_inference_count", "Inferences performed (batch rows)", labels=labels)
+        executions = CounterMetricFamily("edgeplex_inference_exec_count", "Model executions (batches)", labels=labels)
+        request_us = CounterMetricFamily(
+            "edgeplex_inference_request_duration_us", "Cumulative end-to-end request time", labels=labels
+        )
+        queue_us = CounterMetricFamily("edgeplex_inference_queue_duration_us", "Cumulative time queued", labels=labels)
+        compute_us = CounterMetricFamily(
+            "edgeplex_inference_compute_infer_duration_us", "Cumulative compute time", labels=labels
+        )
+        pending = GaugeMetricFamily("edgeplex_pending_request_count", "Requests waiting in the queue", labels=labels)
+        memory = GaugeMetricFamily("edgeplex_model_memory_bytes", "Resident memory measured at load", labels=labels)
+        for state in self.engine.models():
+            for version, runner in state.runners.items():
+                stats = runner.stats.as_triton()
+                inference = stats["inference_stats"]
+                key = [state.name, version]
+                success.add_metric(key, inference["success"]["count"])
+                failure.add_metric(key, inference["fail"]["count"])
+                count.add_metric(key, stats["inference_count"])
+                executions.add_metric(key, stats["execution_count"])
+                request_us.add_metric(key, inference["success"]["ns"] / 1000)
+                queue_us.add_metric(key, inference["queue"]["ns"] / 1000)
+                compute_us.add_metric(key, inference["compute_infer"]["ns"] / 1000)
+                pending.add_metric(key, len(runner.queue))
+                memory.add_metric(key, runner.memory_bytes)
+        yield from (success, failure, count, executions, request_us, queue_us, compute_us, pending, memory)
+
+        tokens = GaugeMetricFamily("edgeplex_processor_tokens_in_use", "Threads computing now", labels=["processor"])
+        capacity = GaugeMetricFamily("edgeplex_processor_tokens_capacity", "Cores in the budget", labels=["processor"])
+        for name, pool in self.engine.pools.items():
+            tokens.add_metric([name], pool.in_use)
+            capacity.add_metric([name], pool.capacity)
+        yield from (tokens, capacity)
+
+
+def metrics_registry(engine: Engine) -> CollectorRegistry:
+    """A registry holding only `engine`'s collector (not the process-global default one)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(EngineCollector(engine))
+    return registry
