@@ -206,6 +206,14 @@ def test_magika_features_strip_and_pad() -> None:
     assert features[:1024].tolist() == list(big[:1024]) and features[1024:].tolist() == list(big[-1024:])
 
 
+def test_magika_inputs_read_only_head_and_tail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = bytes(np.random.default_rng(1).integers(0, 256, 50_000, dtype=np.uint8))
+    (tmp_path / "blob").write_bytes(data)
+    monkeypatch.setattr(zoo, "_stdlib_files", lambda: ((tmp_path / "blob",),))
+    rows = zoo.example_inputs("magika", batch=2)["bytes"]
+    assert rows.shape == (2, 2048) and (rows == zoo.magika_features(data)).all()
+
+
 def _dims_match(shape: tuple[int, ...], dims: list[int]) -> bool:
     return len(shape) == len(dims) and all(d == -1 or d == s for s, d in zip(shape, dims))
 

@@ -89,7 +89,7 @@ class OnnxRuntimeBackend:
         options.intra_op_num_threads = config.threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # failures surface as exceptions, not as log noise
         # Idle spinning burns cores that other tenants need (FIELD-NOTES: ORT threading).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return options

@@ -44,8 +44,6 @@ def model_config_dict(config: ModelConfig) -> dict[str, Any]:
             **({"slo_ms": {"string_value": str(config.slo_ms)}} if config.slo_ms is not None else {}),
         },
     }
-    if config.max_batch_size > 0:
-        document["dynamic_batching"] = {"default_priority_level": config.priority}
     return document
 
 

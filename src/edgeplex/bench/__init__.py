@@ -1,0 +1,1 @@
+"""Benchmarks: a closed-loop load generator, scenarios and recorded reports."""

