@@ -87,12 +87,6 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from .bench.cli import run_bench
-
-    return run_bench(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgeplex", description="Multi-model inference server for edge devices.")
     parser.add_argument("--version", action="version", version=f"edgeplex {__version__}")

@@ -110,7 +110,11 @@ def onnx_signature(model_file: Path) -> tuple[list[tuple[str, str, list[int]]], 
                 continue
             tensor = value.type.tensor_type
             dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in tensor.shape.dim]
-            out.append((value.name, ONNX_TO_V2.get(tensor.elem_type, "FP32"), dims))
+            datatype = ONNX_TO_V2.get(tensor.elem_type)
+            if datatype is None:
+                kind = onnx.TensorProto.DataType.Name(tensor.elem_type)
+                raise ConfigError(f"{model_file}: tensor '{value.name}' has type {kind}, which KServe V2 cannot carry")
+            out.append((value.name, datatype, dims))
         return out
 
     return describe(model.graph.input), describe(model.graph.output)
@@ -148,6 +152,17 @@ def autocomplete(config: ModelConfig, given: dict[str, Any], model_file: Path, o
                     f"{origin}: field '{kind}.{index}.dims': {spec.dims} has rank {len(spec.dims)}, "
                     f"the model's '{spec.name}' has {dims} (batch dimension excluded when max_batch_size > 0)"
                 )
+            if any(c != m and c > 0 and m > 0 for c, m in zip(spec.dims, dims)):
+                raise ConfigError(
+                    f"{origin}: field '{kind}.{index}.dims': {spec.dims} conflicts with the model's '{spec.name}' {dims}"
+                )
+        listed = {spec.name for spec in stated}
+        unlisted = [n for n in by_name if n not in listed] if kind == "inputs" else []
+        if unlisted:  # like Triton: a model whose config omits an input could never be called
+            raise ConfigError(
+                f"{origin}: field 'inputs': the model's input(s) {', '.join(repr(n) for n in unlisted)} are not "
+                "listed (list every input, or none to take them from the model)"
+            )
         return [spec.model_dump() for spec in stated]
 
     fields = config.model_dump()

@@ -138,17 +138,47 @@ def from_list(data: object, datatype: str, shape: Sequence[int], name: str) -> n
         flat = _flatten(data)
         if len(flat) != count:
             raise InvalidInput(f"input '{name}': got {len(flat)} elements, shape {list(shape)} needs {count}")
+        bad = [x for x in flat if not isinstance(x, (str, bytes))]
+        if bad:  # bytes(3) would be three zero bytes, bytes(None) a TypeError
+            raise InvalidInput(f"input '{name}': BYTES elements must be strings, got {type(bad[0]).__name__}")
         out = np.empty(count, dtype=np.object_)
-        out[:] = [x.encode() if isinstance(x, str) else bytes(x) for x in flat]
+        out[:] = [x.encode() if isinstance(x, str) else x for x in flat]
         return out.reshape(shape)
     dtype = numpy_dtype(datatype)
     try:
-        array = np.asarray(data, dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise InvalidInput(f"input '{name}': data is not valid {datatype}: {exc}") from None
-    if array.size != count:
-        raise InvalidInput(f"input '{name}': got {array.size} elements, shape {list(shape)} needs {count}")
-    return array.reshape(shape)
+        source = np.asarray(data)
+    except ValueError:
+        raise InvalidInput(f"input '{name}': data is not valid {datatype}: nested lists are ragged") from None
+    source = source.reshape(-1)
+    if source.size != count:
+        raise InvalidInput(f"input '{name}': got {source.size} elements, shape {list(shape)} needs {count}")
+    return _cast_checked(source, dtype, datatype, name).reshape(shape)
+
+
+# Which JSON value kinds (numpy kinds of the parsed list) each target kind accepts.
+_ACCEPTED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+_KIND_WORDS = {"b": "boolean", "i": "integer", "u": "integer", "f": "fractional", "U": "string", "O": "mixed or null"}
+
+
+def _cast_checked(source: np.ndarray, dtype: np.dtype[object], datatype: str, name: str) -> np.ndarray:
+    """Cast JSON values to `dtype`, refusing what would silently change them (1.5 -> INT32,
+    true -> FP32, null, values out of range, finite values that overflow to inf)."""
+    if source.size == 0:
+        return source.astype(dtype)
+    if source.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
+        got = _KIND_WORDS.get(source.dtype.kind, "non-numeric")
+        raise InvalidInput(f"input '{name}': data is not valid {datatype} (got {got} values)")
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        low, high = int(source.min()), int(source.max())
+        if low < info.min or high > info.max:
+            raise InvalidInput(f"input '{name}': data is not valid {datatype}: values {low}..{high} are out of range")
+        return source.astype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = source.astype(dtype)
+    if dtype.kind == "f" and not np.all(np.isfinite(out[np.isfinite(source)])):
+        raise InvalidInput(f"input '{name}': data is not valid {datatype}: values overflow it")
+    return out
 
 
 def to_list(array: np.ndarray) -> list[object]:

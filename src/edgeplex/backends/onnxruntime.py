@@ -107,4 +107,6 @@ class OnnxRuntimeBackend:
             )
         except Exception as exc:
             raise BackendError(f"onnxruntime cannot load {model_path.name}: {type(exc).__name__}: {exc}") from None
-        return OnnxRuntimeSession(session, grown)
+        # The resident-set delta reads 0 when the allocator reuses freed pages (a reload, a second
+        # instance); the weights are resident all the same, so the file's size is the floor.
+        return OnnxRuntimeSession(session, max(grown, model_path.stat().st_size))

@@ -24,6 +24,7 @@ def add_bench_parser(commands: Any) -> None:
     over.add_argument("--instances", type=int, default=2)
     over.add_argument("--models", nargs="*", default=list(scenarios.MIX))
     over.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    bench.set_defaults(func=run_bench)
 
 
 def run_bench(args: argparse.Namespace) -> int:

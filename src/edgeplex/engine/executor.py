@@ -34,6 +34,11 @@ class TokenPool:
         return self._in_use
 
     @property
+    def waiting(self) -> int:
+        """Threads waiting for tokens now."""
+        return len(self._waiters)
+
+    @property
     def peak(self) -> int:
         """The most tokens ever held at once; never above `capacity` (the invariant)."""
         return self._peak
@@ -48,8 +53,14 @@ class TokenPool:
         ticket = (priority, next(self._seq))
         with self._cond:
             heapq.heappush(self._waiters, ticket)
-            while self._waiters[0] != ticket or self._in_use + tokens > self.capacity:
-                self._cond.wait()
+            try:
+                while self._waiters[0] != ticket or self._in_use + tokens > self.capacity:
+                    self._cond.wait()
+            except BaseException:  # interrupted: leave the line, or it blocks everyone behind
+                self._waiters.remove(ticket)
+                heapq.heapify(self._waiters)
+                self._cond.notify_all()
+                raise
             heapq.heappop(self._waiters)
             self._in_use += tokens
             self._peak = max(self._peak, self._in_use)

@@ -153,12 +153,24 @@ class ModelManager:
             backend=config.backend, processor="cpu", threads=config.threads, max_batch=config.max_batch_size
         )
         runners: dict[str, ModelRunner] = {}
-        for version, folder in sorted(source.versions.items()):
-            path = folder / config.default_model_filename
-            if not path.is_file():
-                raise BackendError(f"model '{config.name}' version {version}: {path} is missing")
-            instances = [self._open_instance(backend, path, exec_config, config) for _ in range(config.instance_count)]
-            runners[str(version)] = ModelRunner(config, str(version), instances, pool)
+        instances: list[Instance] = []
+        try:
+            for version, folder in sorted(source.versions.items()):
+                path = folder / config.default_model_filename
+                if not path.is_file():
+                    raise BackendError(f"model '{config.name}' version {version}: {path} is missing")
+                instances = []
+                for _ in range(config.instance_count):
+                    instances.append(self._open_instance(backend, path, exec_config, config))
+                runners[str(version)] = ModelRunner(config, str(version), instances, pool)
+                instances = []
+        except BaseException:
+            # A later version or instance failed: release what was opened (threads, sessions).
+            for inst in instances:
+                inst.session.close()
+            for runner in runners.values():
+                runner.close()
+            raise
         return runners
 
     def _open_instance(self, backend: object, path: Path, exec_config: ExecutionConfig, config: ModelConfig) -> Instance:
@@ -170,4 +182,5 @@ class ModelManager:
             except EdgeplexError as exc:
                 log.info("model %s: warm-up run skipped (%s)", config.name, exc.message)
                 warmed = 0
-        return Instance(session, exec_config, opened + warmed)
+        # The backend's own figure is a floor where the resident-set delta misses reused pages.
+        return Instance(session, exec_config, max(opened, session.memory_bytes) + warmed)

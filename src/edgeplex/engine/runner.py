@@ -47,6 +47,7 @@ class ModelRunner:
         self.instances = instances
         self.pool = pool
         self.stats = ModelStats(config.name, version)
+        self._output_names = [spec.name for spec in config.outputs]
         self.queue = RequestQueue(int(config.parameters.get("max_queue_size", DEFAULT_MAX_QUEUE)))
         self._threads = [
             threading.Thread(target=self._serve, args=(inst,), name=f"edgeplex-{config.name}-{version}-{i}", daemon=True)
@@ -91,14 +92,10 @@ class ModelRunner:
 
     def _execute(self, instance: Instance, job: Job) -> InferResponse:
         request = job.request
-        start = time.monotonic_ns()
-        if job.deadline_ns < start:
-            raise DeadlineExceeded(
-                f"model '{request.model_name}': request waited {(start - job.enqueued_ns) / 1e6:.1f} ms, "
-                "past its timeout; not computed"
-            )
-        wanted = request.outputs
+        check_deadline(job)
+        wanted = request.outputs or self._output_names
         with self.pool.hold(instance.config.threads or self.pool.capacity, job.priority):
+            check_deadline(job)  # it may have passed while waiting for cores
             computed = time.monotonic_ns()
             outputs = instance.session.run(request.inputs, wanted)
             done = time.monotonic_ns()
@@ -108,6 +105,16 @@ class ModelRunner:
         self.stats.record_execution(batch, 0, infer_ns, 0)
         self.stats.record_success(queue_ns, 0, infer_ns, 0, done - job.enqueued_ns, batch)
         return InferResponse(request.model_name, self.version, outputs, id=request.id)
+
+
+def check_deadline(job: Job) -> None:
+    """DeadlineExceeded if the job's timeout has passed: it is answered without computing."""
+    now = time.monotonic_ns()
+    if job.deadline_ns < now:
+        raise DeadlineExceeded(
+            f"model '{job.request.model_name}': request waited {(now - job.enqueued_ns) / 1e6:.1f} ms, "
+            "past its timeout; not computed"
+        )
 
 
 def _batch_size(config: ModelConfig, request: InferRequest) -> int:

@@ -71,7 +71,10 @@ def decode_request(model: str, version: str, body: bytes, header_length: int | N
         datatype = item.get("datatype")
         if not isinstance(datatype, str):
             raise InvalidInput(f"input '{name}': field 'datatype' must be a string")
-        numpy_dtype(datatype)
+        try:
+            numpy_dtype(datatype)
+        except InvalidInput as exc:
+            raise InvalidInput(f"input '{name}': {exc.message}") from None
         shape = check_shape(item.get("shape"), name)  # type: ignore[arg-type]
         in_params = _mapping(item.get("parameters"), f"input '{name}' parameters")
         size = in_params.get("binary_data_size")

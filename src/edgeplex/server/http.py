@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..engine import Engine
-from ..errors import EdgeplexError, InvalidInput, PayloadTooLarge
+from ..errors import EdgeplexError, InvalidInput, ModelNotReady, PayloadTooLarge
 from .codec import HEADER_LENGTH, decode_request, encode_response, parse_header_length
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -95,11 +95,12 @@ def build_app(engine: Engine, max_body_bytes: int = 64 * 1024 * 1024) -> Starlet
         return json_response(engine.metadata(request.path_params["model"], version_of(request)))
 
     async def model_ready(request: Request) -> Response:
-        name = request.path_params["model"]
-        if engine.is_ready(name, version_of(request)):
-            return Response(status_code=200)
-        engine.manager.repository.source(name)  # 404 for a model that does not exist
-        return Response(status_code=503)
+        try:
+            engine.manager.runner(request.path_params["model"], version_of(request))
+        except ModelNotReady:
+            return Response(status_code=503)
+        # ModelNotFound (no such model, or no such version of a ready one) is answered 404
+        return Response(status_code=200)
 
     async def model_config(request: Request) -> Response:
         return json_response(model_config_dict(engine.config(request.path_params["model"], version_of(request))))
@@ -184,4 +185,6 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
         raise InvalidInput(f"body is not valid {encoding} data: {exc}") from None
     if len(out) > limit or inflater.unconsumed_tail:
         raise PayloadTooLarge(f"decompressed body is over the {limit}-byte limit")
+    if not inflater.eof:  # truncated: the end of the stream (and gzip's CRC check) never came
+        raise InvalidInput(f"body is not valid {encoding} data: the compressed stream is truncated")
     return out
