@@ -28,8 +28,7 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 def _waiting(pool: TokenPool) -> int:
-    with pool._cond:
-        return len(pool._waiters)
+    return pool.waiting
 
 
 def _start_waiter(pool: TokenPool, tokens: int, priority: int, label: str, order: list[str]) -> threading.Thread:

@@ -15,7 +15,8 @@ def add_bench_parser(commands: Any) -> None:
     bench = commands.add_parser("bench", help="run a benchmark scenario and record its results")
     scenario = bench.add_subparsers(dest="scenario", required=True)
     multi = scenario.add_parser("multitenancy", help="four models concurrently vs one after another")
-    multi.add_argument("--requests", type=int, default=120, help="requests per model")
+    multi.add_argument("--requests", type=int, default=240, help="requests per model, over all rounds")
+    multi.add_argument("--rounds", type=int, default=3, help="alternations of the runs")
     multi.add_argument("--cores", type=int, default=None)
     multi.add_argument("--out", type=Path, default=DEFAULT_OUT)
     over = scenario.add_parser("overhead", help="gRPC server throughput vs the in-process engine")
@@ -29,7 +30,7 @@ def add_bench_parser(commands: Any) -> None:
 
 def run_bench(args: argparse.Namespace) -> int:
     if args.scenario == "multitenancy":
-        result, text = scenarios.multitenancy(args.requests, args.cores)
+        result, text = scenarios.multitenancy(args.requests, args.rounds, args.cores)
     else:
         result, text = scenarios.overhead(tuple(args.models), args.concurrency, args.duration, args.instances)
     path = report.write(args.out, args.scenario, result, text)

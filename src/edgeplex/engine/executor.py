@@ -10,12 +10,26 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+
+@dataclass(order=True)
+class _Waiter:
+    priority: int
+    seq: int
+    tokens: int = field(compare=False)
+    wakeup: threading.Condition = field(compare=False)
+    granted: bool = field(default=False, compare=False)
 
 
 class TokenPool:
-    """Counting tokens of one processor (e.g. "cpu" with `capacity` = cores)."""
+    """Counting tokens of one processor (e.g. "cpu" with `capacity` = cores).
+
+    A release hands the freed tokens straight to the waiters at the head of the line and wakes
+    only them, so a busy pool does not wake every waiting thread on every release.
+    """
 
     def __init__(self, processor: str, capacity: int) -> None:
         if capacity < 1:
@@ -24,9 +38,8 @@ class TokenPool:
         self.capacity = capacity
         self._in_use = 0
         self._peak = 0
-        self._busy_ns = 0
-        self._cond = threading.Condition()
-        self._waiters: list[tuple[int, int]] = []
+        self._lock = threading.Lock()
+        self._waiters: list[_Waiter] = []
         self._seq = itertools.count()
 
     @property
@@ -48,32 +61,33 @@ class TokenPool:
         return max(1, min(tokens, self.capacity))
 
     def acquire(self, tokens: int, priority: int = 1) -> int:
-        """Block until `tokens` are free and no higher-priority or earlier waiter is ahead."""
+        """Block until `tokens` are granted; no higher-priority or earlier waiter is overtaken."""
         tokens = self.clamp(tokens)
-        ticket = (priority, next(self._seq))
-        with self._cond:
-            heapq.heappush(self._waiters, ticket)
+        with self._lock:
+            if not self._waiters and self._in_use + tokens <= self.capacity:
+                self._take(tokens)
+                return tokens
+            waiter = _Waiter(priority, next(self._seq), tokens, threading.Condition(self._lock))
+            heapq.heappush(self._waiters, waiter)
             try:
-                while self._waiters[0] != ticket or self._in_use + tokens > self.capacity:
-                    self._cond.wait()
-            except BaseException:  # interrupted: leave the line, or it blocks everyone behind
-                self._waiters.remove(ticket)
-                heapq.heapify(self._waiters)
-                self._cond.notify_all()
+                while not waiter.granted:
+                    waiter.wakeup.wait()
+            except BaseException:  # interrupted: give back or leave the line, or it blocks everyone
+                if waiter.granted:
+                    self._in_use -= tokens
+                else:
+                    self._waiters.remove(waiter)
+                    heapq.heapify(self._waiters)
+                self._grant()
                 raise
-            heapq.heappop(self._waiters)
-            self._in_use += tokens
-            self._peak = max(self._peak, self._in_use)
-            # The next waiter may fit in what is left.
-            self._cond.notify_all()
         return tokens
 
     def release(self, tokens: int) -> None:
-        with self._cond:
+        with self._lock:
             self._in_use -= tokens
             if self._in_use < 0:  # pragma: no cover - a bug, never a client's doing
                 raise RuntimeError(f"token pool {self.processor} released more than it lent")
-            self._cond.notify_all()
+            self._grant()
 
     @contextmanager
     def hold(self, tokens: int, priority: int = 1) -> Iterator[int]:
@@ -82,3 +96,15 @@ class TokenPool:
             yield taken
         finally:
             self.release(taken)
+
+    def _take(self, tokens: int) -> None:
+        self._in_use += tokens
+        self._peak = max(self._peak, self._in_use)
+
+    def _grant(self) -> None:
+        """Under the lock: give tokens to the head waiters, in order, while they fit."""
+        while self._waiters and self._in_use + self._waiters[0].tokens <= self.capacity:
+            waiter = heapq.heappop(self._waiters)
+            self._take(waiter.tokens)
+            waiter.granted = True
+            waiter.wakeup.notify()
