@@ -53,12 +53,14 @@ def test_capacity_must_be_positive() -> None:
 def test_clamp() -> None:
     pool = TokenPool("cpu", 4)
     assert [pool.clamp(n) for n in (-3, 0, 1, 3, 4, 5, 100)] == [1, 1, 1, 3, 4, 4, 4]
-    assert pool.acquire(100) == 4  # more than the processor: the whole processor, not a deadlock
+    big = pool.acquire(100)
+    assert big.tokens == 4  # more than the processor: the whole processor, not a deadlock
     assert pool.in_use == 4
-    pool.release(4)
-    assert pool.acquire(0) == 1
+    pool.release(big)
+    small = pool.acquire(0)
+    assert small.tokens == 1
     assert pool.in_use == 1
-    pool.release(1)
+    pool.release(small)
     assert pool.in_use == 0 and pool.peak == 4
 
 
@@ -66,7 +68,7 @@ def test_hold_releases_on_error() -> None:
     pool = TokenPool("cpu", 2)
     with pytest.raises(RuntimeError, match="boom"):
         with pool.hold(2) as taken:
-            assert taken == 2 and pool.in_use == 2
+            assert taken.tokens == 2 and pool.in_use == 2
             raise RuntimeError("boom")
     assert pool.in_use == 0
 
@@ -85,16 +87,16 @@ def test_never_over_capacity_under_concurrent_load() -> None:
         for _ in range(150):
             want = rng.choice([0, 1, 1, 2, 3, 5])
             with pool.hold(want, priority=rng.randint(1, 3)) as taken:
-                assert taken == max(1, min(want, capacity))
+                assert taken.tokens == max(1, min(want, capacity))
                 with lock:  # an account independent of the pool's own counter
-                    held["now"] += taken
+                    held["now"] += taken.tokens
                     held["peak"] = max(held["peak"], held["now"])
                     if held["now"] > capacity or pool.in_use > capacity:
                         violations.append(f"{held['now']} held, pool says {pool.in_use}")
                 if rng.random() < 0.3:
                     time.sleep(0.0001)
                 with lock:
-                    held["now"] -= taken
+                    held["now"] -= taken.tokens
 
     def sampler() -> None:
         while not stop.is_set():
@@ -122,11 +124,11 @@ def test_never_over_capacity_under_concurrent_load() -> None:
 def test_priority_one_goes_first() -> None:
     pool = TokenPool("cpu", 1)
     order: list[str] = []
-    pool.acquire(1)
+    first = pool.acquire(1)
     low = _start_waiter(pool, 1, 3, "priority-3", order)
     high = _start_waiter(pool, 1, 1, "priority-1", order)
     assert order == []
-    pool.release(1)
+    pool.release(first)
     for thread in (low, high):
         thread.join(5)
     assert order == ["priority-1", "priority-3"]
@@ -135,10 +137,10 @@ def test_priority_one_goes_first() -> None:
 def test_fifo_within_a_priority_level() -> None:
     pool = TokenPool("cpu", 2)
     order: list[str] = []
-    pool.acquire(2)
+    first = pool.acquire(2)
     threads = [_start_waiter(pool, 2, 2, label, order) for label in ("a", "b", "c", "d")]
     threads.append(_start_waiter(pool, 2, 1, "urgent", order))
-    pool.release(2)
+    pool.release(first)
     for thread in threads:
         thread.join(5)
     assert order == ["urgent", "a", "b", "c", "d"]
@@ -149,12 +151,12 @@ def test_a_large_waiter_is_not_overtaken() -> None:
     otherwise a stream of small requests could starve a many-thread instance."""
     pool = TokenPool("cpu", 2)
     order: list[str] = []
-    pool.acquire(1)
+    first = pool.acquire(1)
     big = _start_waiter(pool, 2, 1, "big", order)
     small = _start_waiter(pool, 1, 1, "small", order)
     time.sleep(0.01)
     assert order == [] and pool.in_use == 1
-    pool.release(1)
+    pool.release(first)
     for thread in (big, small):
         thread.join(5)
     assert order == ["big", "small"]
@@ -162,7 +164,7 @@ def test_a_large_waiter_is_not_overtaken() -> None:
 
 def test_waiters_that_fit_together_run_together() -> None:
     pool = TokenPool("cpu", 2)
-    pool.acquire(2)
+    first = pool.acquire(2)
     inside = threading.Barrier(3, timeout=5)
 
     def take() -> None:
@@ -173,7 +175,7 @@ def test_waiters_that_fit_together_run_together() -> None:
     for thread in threads:
         thread.start()
     _wait_for(lambda: _waiting(pool) == 2)
-    pool.release(2)
+    pool.release(first)
     inside.wait()
     for thread in threads:
         thread.join(5)
@@ -269,3 +271,38 @@ def test_zero_threads_takes_the_whole_processor(tmp_path: Path) -> None:
         assert engine.pools["cpu"].peak == 2
     finally:
         engine.close()
+
+
+def test_tokens_stand_for_distinct_cores_and_pin_the_computing_thread() -> None:
+    import os
+
+    cpus = sorted(os.sched_getaffinity(0))
+    pool = TokenPool("cpu", len(cpus), cpus)
+    seen: list[tuple[tuple[int, ...], set[int]]] = []
+    lock = threading.Lock()
+
+    def compute() -> None:
+        with pool.hold(1) as grant:
+            with lock:
+                seen.append((grant.cores, os.sched_getaffinity(0)))
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=compute) for _ in range(len(cpus) * 3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert len(seen) == len(cpus) * 3
+    for cores, affinity in seen:
+        assert len(cores) == 1 and cores[0] in cpus
+        assert affinity == set(cores)  # the thread computes only where its token is
+    whole = pool.acquire(len(cpus))
+    assert sorted(whole.cores) == cpus  # every core came back
+    pool.release(whole)
+
+
+def test_a_pool_larger_than_the_machine_lends_unpinned_tokens() -> None:
+    pool = TokenPool("cpu", 4, [0])
+    grant = pool.acquire(2)
+    assert grant.tokens == 2 and grant.cores == ()
+    pool.release(grant)

@@ -4,6 +4,7 @@ tests and benchmarks drive it in-process, without a socket."""
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 import time
 from concurrent.futures import Future
@@ -25,7 +26,7 @@ class Engine:
 
     def __init__(self, repository: Path, cores: int | None = None) -> None:
         self.cores = cores or default_cores()
-        self.pools = {"cpu": TokenPool("cpu", self.cores)}
+        self.pools = {"cpu": TokenPool("cpu", self.cores, sorted(os.sched_getaffinity(0)))}
         self.manager = ModelManager(Repository(repository), self.pools)
         self.started_ns = time.monotonic_ns()
         self._closed = False

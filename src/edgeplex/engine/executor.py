@@ -3,16 +3,45 @@
 A computing instance holds as many tokens as it has intra-op threads, so the sum of the
 threads computing at one moment never exceeds the processor's cores. Waiters are served by
 priority (1 first), then in arrival order — like Triton's rate limiter, but automatic.
+
+On the CPU each token is a specific core, and the thread that computes is pinned to the cores
+it was granted: with one executor thread per instance, letting the OS move computing threads
+between cores cost 5-10% of the mix's throughput on the 2-core box (measured, see
+benchmarks/README.md).
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Tokens lent to one computation, and the cores they stand for (empty: not pinnable)."""
+
+    tokens: int
+    cores: tuple[int, ...] = ()
+
+
+_pinned = threading.local()
+
+
+def pin_current_thread(cores: tuple[int, ...]) -> None:
+    """Bind the calling thread to `cores` (Linux); a no-op when already bound or not pinnable."""
+    if not cores or getattr(_pinned, "cores", None) == cores:
+        return
+    try:
+        os.sched_setaffinity(0, cores)
+    except (AttributeError, OSError):  # not Linux, or the cores are no longer ours
+        return
+    _pinned.cores = cores
 
 
 @dataclass(order=True)
@@ -21,7 +50,7 @@ class _Waiter:
     seq: int
     tokens: int = field(compare=False)
     wakeup: threading.Condition = field(compare=False)
-    granted: bool = field(default=False, compare=False)
+    grant: Grant | None = field(default=None, compare=False)
 
 
 class TokenPool:
@@ -31,13 +60,17 @@ class TokenPool:
     only them, so a busy pool does not wake every waiting thread on every release.
     """
 
-    def __init__(self, processor: str, capacity: int) -> None:
+    def __init__(self, processor: str, capacity: int, cores: list[int] | None = None) -> None:
+        """`cores`: the CPU ids the tokens stand for (at least `capacity` of them to pin)."""
         if capacity < 1:
             raise ValueError(f"processor {processor}: capacity must be >= 1, got {capacity}")
         self.processor = processor
         self.capacity = capacity
+        self._free_cores = sorted(cores)[:capacity] if cores and len(cores) >= capacity else []
         self._in_use = 0
         self._peak = 0
+        self._busy_ns = 0  # integral of tokens held over time: utilisation without sampling
+        self._changed_ns = time.monotonic_ns()
         self._lock = threading.Lock()
         self._waiters: list[_Waiter] = []
         self._seq = itertools.count()
@@ -45,6 +78,13 @@ class TokenPool:
     @property
     def in_use(self) -> int:
         return self._in_use
+
+    @property
+    def busy_seconds(self) -> float:
+        """Token-seconds held so far (capacity x wall time when fully used)."""
+        with self._lock:
+            self._account()
+            return self._busy_ns / 1e9
 
     @property
     def waiting(self) -> int:
@@ -60,51 +100,65 @@ class TokenPool:
         """What a request for `tokens` really takes: at least 1, at most the whole processor."""
         return max(1, min(tokens, self.capacity))
 
-    def acquire(self, tokens: int, priority: int = 1) -> int:
+    def acquire(self, tokens: int, priority: int = 1) -> Grant:
         """Block until `tokens` are granted; no higher-priority or earlier waiter is overtaken."""
         tokens = self.clamp(tokens)
         with self._lock:
             if not self._waiters and self._in_use + tokens <= self.capacity:
-                self._take(tokens)
-                return tokens
+                return self._take(tokens)
             waiter = _Waiter(priority, next(self._seq), tokens, threading.Condition(self._lock))
             heapq.heappush(self._waiters, waiter)
             try:
-                while not waiter.granted:
+                while waiter.grant is None:
                     waiter.wakeup.wait()
             except BaseException:  # interrupted: give back or leave the line, or it blocks everyone
-                if waiter.granted:
-                    self._in_use -= tokens
+                if waiter.grant is not None:
+                    self._give_back(waiter.grant)
                 else:
                     self._waiters.remove(waiter)
                     heapq.heapify(self._waiters)
                 self._grant()
                 raise
-        return tokens
+            return waiter.grant
 
-    def release(self, tokens: int) -> None:
+    def release(self, grant: Grant) -> None:
         with self._lock:
-            self._in_use -= tokens
-            if self._in_use < 0:  # pragma: no cover - a bug, never a client's doing
-                raise RuntimeError(f"token pool {self.processor} released more than it lent")
+            self._give_back(grant)
             self._grant()
 
     @contextmanager
-    def hold(self, tokens: int, priority: int = 1) -> Iterator[int]:
-        taken = self.acquire(tokens, priority)
+    def hold(self, tokens: int, priority: int = 1) -> Iterator[Grant]:
+        """Hold `tokens` for the block, with the calling thread pinned to their cores."""
+        grant = self.acquire(tokens, priority)
         try:
-            yield taken
+            pin_current_thread(grant.cores)
+            yield grant
         finally:
-            self.release(taken)
+            self.release(grant)
 
-    def _take(self, tokens: int) -> None:
+    def _account(self) -> None:
+        now = time.monotonic_ns()
+        self._busy_ns += self._in_use * (now - self._changed_ns)
+        self._changed_ns = now
+
+    def _take(self, tokens: int) -> Grant:
+        self._account()
         self._in_use += tokens
         self._peak = max(self._peak, self._in_use)
+        cores = tuple(self._free_cores[:tokens]) if self._free_cores else ()
+        del self._free_cores[: len(cores)]
+        return Grant(tokens, cores)
+
+    def _give_back(self, grant: Grant) -> None:
+        self._account()
+        self._in_use -= grant.tokens
+        if self._in_use < 0:  # pragma: no cover - a bug, never a client's doing
+            raise RuntimeError(f"token pool {self.processor} released more than it lent")
+        self._free_cores.extend(grant.cores)
 
     def _grant(self) -> None:
         """Under the lock: give tokens to the head waiters, in order, while they fit."""
         while self._waiters and self._in_use + self._waiters[0].tokens <= self.capacity:
             waiter = heapq.heappop(self._waiters)
-            self._take(waiter.tokens)
-            waiter.granted = True
+            waiter.grant = self._take(waiter.tokens)
             waiter.wakeup.notify()
