@@ -62,19 +62,23 @@ def closed_loop(
     if (duration_s is None) == (requests_per_client is None):
         raise ValueError("give exactly one of duration_s and requests_per_client")
     loads = {model: ModelLoad(model, count) for model, count in clients.items()}
-    senders = {
-        model: [factory(model, inputs[model]) for _ in range(count)] for model, count in clients.items()
-    }
-    for model_senders in senders.values():
-        for send in model_senders:
-            for _ in range(warmup):
-                send()
     lock = threading.Lock()
     start_gate = threading.Barrier(sum(clients.values()) + 1)
     finished: dict[str, list[float]] = {model: [] for model in clients}
 
-    def client(model: str, send: object) -> None:
+    def client(model: str) -> None:
         load = loads[model]
+        try:
+            # Made in the thread that uses it: gevent-based clients (tritonclient.http) must be.
+            send = factory(model, inputs[model])
+            for _ in range(warmup):
+                send()
+        except Exception as exc:  # a client that cannot start is an error, not a hang
+            with lock:
+                load.errors.append(f"setup: {type(exc).__name__}: {exc}"[:200])
+                finished[model].append(time.perf_counter())
+            start_gate.wait()
+            return
         start_gate.wait()
         began = time.perf_counter()
         deadline = began + duration_s if duration_s is not None else float("inf")
@@ -82,7 +86,7 @@ def closed_loop(
         while time.perf_counter() < deadline and (requests_per_client is None or sent < requests_per_client):
             t0 = time.perf_counter()
             try:
-                send()  # type: ignore[operator]
+                send()
             except Exception as exc:  # counted, never silently dropped
                 with lock:
                     load.errors.append(f"{type(exc).__name__}: {exc}"[:200])
@@ -94,9 +98,9 @@ def closed_loop(
             finished[model].append(time.perf_counter())
 
     threads = [
-        threading.Thread(target=client, args=(model, send), daemon=True)
-        for model, model_senders in senders.items()
-        for send in model_senders
+        threading.Thread(target=client, args=(model,), daemon=True)
+        for model, count in clients.items()
+        for _ in range(count)
     ]
     for thread in threads:
         thread.start()
