@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..backends import ExecutionConfig, get_backend
+from ..backends import Backend, ExecutionConfig, get_backend
 from ..backends.base import measure_rss
 from ..config import ModelConfig
 from ..errors import BackendError, EdgeplexError, ModelNotFound, ModelNotReady
@@ -173,10 +173,10 @@ class ModelManager:
             raise
         return runners
 
-    def _open_instance(self, backend: object, path: Path, exec_config: ExecutionConfig, config: ModelConfig) -> Instance:
+    def _open_instance(self, backend: Backend, path: Path, exec_config: ExecutionConfig, config: ModelConfig) -> Instance:
         """Open one session and run it once, measuring the resident memory both took."""
         with self._load_lock:
-            session, opened = measure_rss(lambda: backend.open(path, exec_config))  # type: ignore[attr-defined]
+            session, opened = measure_rss(lambda: backend.open(path, exec_config))
             try:
                 _, warmed = measure_rss(lambda: session.run(warmup_inputs(config)))
             except EdgeplexError as exc:
