@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgeplex.config import ModelConfig, ServerConfig, default_cores, read_config_file, validate_config
+from edgeplex.config import (
+    ModelConfig,
+    ServerConfig,
+    default_cores,
+    read_config_file,
+    validate_config,
+)
 from edgeplex.errors import ConfigError
 
 

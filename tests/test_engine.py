@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from helpers import wait_for
 from models import add_model, int_model, slow_model, write_config
 
 from edgeplex.engine import Engine, InferRequest, InferResponse
@@ -26,14 +27,6 @@ from edgeplex.errors import (
 )
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4) - 3.5
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.001)
 
 
 def _stats(engine: Engine, name: str) -> dict[str, Any]:
@@ -216,7 +209,7 @@ def test_deadline_exceeded_counts_as_a_failure(engine: Engine) -> None:
     taken = pool.acquire(pool.capacity)  # nothing can compute until we release
     try:
         first = engine.submit(InferRequest("add", {"x": X}))
-        _wait_for(lambda: len(runner.queue) == 0)  # the only instance took it and waits for tokens
+        wait_for(lambda: len(runner.queue) == 0)  # the only instance took it and waits for tokens
         late = engine.submit(InferRequest("add", {"x": X}, timeout_us=1))
         time.sleep(0.005)
     finally:
@@ -338,7 +331,7 @@ def test_full_queue_is_refused_at_once(tmp_path: Path) -> None:
     taken = pool.acquire(1)
     try:
         first = engine.submit(InferRequest("add", {"x": X}))
-        _wait_for(lambda: len(runner.queue) == 0)
+        wait_for(lambda: len(runner.queue) == 0)
         queued = [engine.submit(InferRequest("add", {"x": X})) for _ in range(2)]
         with pytest.raises(Overloaded, match="max_queue_size 2") as info:
             engine.submit(InferRequest("add", {"x": X}))
@@ -366,7 +359,7 @@ def test_close_answers_every_queued_request(tmp_path: Path) -> None:
             futures.append((engine.submit(InferRequest("add", {"x": np.full((1, 4), k, np.float32)})), k))
     closer = threading.Thread(target=engine.close)
     closer.start()
-    _wait_for(lambda: engine._closed)
+    wait_for(lambda: engine._closed)
     with pytest.raises(ServerShuttingDown):
         engine.submit(InferRequest("add", {"x": X}))
     assert closer.is_alive()  # it is draining, not dropping
@@ -394,7 +387,7 @@ def test_reload_loses_no_queued_request(tmp_path: Path) -> None:
     futures = [engine.submit(InferRequest("add", {"x": X})) for _ in range(10)]
     reloader = threading.Thread(target=engine.load, args=("add",))
     reloader.start()
-    _wait_for(lambda: engine.manager.runner("add") is not old)
+    wait_for(lambda: engine.manager.runner("add") is not old)
     # New requests go to the new runner while the old one drains.
     fresh = engine.submit(InferRequest("add", {"x": X}))
     pool.release(taken)

@@ -6,25 +6,17 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from helpers import wait_for
 from models import add_model, write_config
 from onnx import numpy_helper
 
 from edgeplex.engine import Engine, InferRequest
 from edgeplex.engine.executor import TokenPool
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.001)
 
 
 def _waiting(pool: TokenPool) -> int:
@@ -41,7 +33,7 @@ def _start_waiter(pool: TokenPool, tokens: int, priority: int, label: str, order
 
     thread = threading.Thread(target=take, name=f"waiter-{label}")
     thread.start()
-    _wait_for(lambda: _waiting(pool) == queued + 1)
+    wait_for(lambda: _waiting(pool) == queued + 1)
     return thread
 
 
@@ -174,7 +166,7 @@ def test_waiters_that_fit_together_run_together() -> None:
     threads = [threading.Thread(target=take) for _ in range(2)]
     for thread in threads:
         thread.start()
-    _wait_for(lambda: _waiting(pool) == 2)
+    wait_for(lambda: _waiting(pool) == 2)
     pool.release(first)
     inside.wait()
     for thread in threads:

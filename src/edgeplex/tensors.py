@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from .errors import InvalidInput
 
 # V2 datatype name -> numpy dtype. BYTES is carried as object arrays of `bytes`.
-V2_TO_NUMPY: dict[str, np.dtype[object]] = {
+V2_TO_NUMPY: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
     "UINT8": np.dtype(np.uint8),
     "UINT16": np.dtype(np.uint16),
@@ -25,7 +26,7 @@ V2_TO_NUMPY: dict[str, np.dtype[object]] = {
     "FP64": np.dtype(np.float64),
     "BYTES": np.dtype(np.object_),
 }
-NUMPY_TO_V2: dict[np.dtype[object], str] = {v: k for k, v in V2_TO_NUMPY.items()}
+NUMPY_TO_V2: dict[np.dtype[Any], str] = {v: k for k, v in V2_TO_NUMPY.items()}
 NUMPY_TO_V2[np.dtype(np.bytes_)] = "BYTES"
 
 # ONNX TensorProto element type -> V2 datatype.
@@ -35,7 +36,7 @@ ONNX_TO_V2: dict[int, str] = {
 }
 
 
-def numpy_dtype(datatype: str) -> np.dtype[object]:
+def numpy_dtype(datatype: str) -> np.dtype[Any]:
     """The numpy dtype of a V2 datatype; InvalidInput if the name is unknown."""
     try:
         return V2_TO_NUMPY[datatype]
@@ -44,7 +45,7 @@ def numpy_dtype(datatype: str) -> np.dtype[object]:
         raise InvalidInput(f"unknown datatype '{datatype}' (expected one of {known})") from None
 
 
-def v2_datatype(dtype: np.dtype[object]) -> str:
+def v2_datatype(dtype: np.dtype[Any]) -> str:
     """The V2 datatype name of a numpy dtype (str and bytes arrays are BYTES)."""
     if dtype.kind in ("S", "U", "O"):
         return "BYTES"
@@ -160,7 +161,7 @@ _ACCEPTED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
 _KIND_WORDS = {"b": "boolean", "i": "integer", "u": "integer", "f": "fractional", "U": "string", "O": "mixed or null"}
 
 
-def _cast_checked(source: np.ndarray, dtype: np.dtype[object], datatype: str, name: str) -> np.ndarray:
+def _cast_checked(source: np.ndarray, dtype: np.dtype[Any], datatype: str, name: str) -> np.ndarray:
     """Cast JSON values to `dtype`, refusing what would silently change them (1.5 -> INT32,
     true -> FP32, null, values out of range, finite values that overflow to inf)."""
     if source.size == 0:
@@ -195,7 +196,7 @@ def to_list(array: np.ndarray) -> list[object]:
             else:
                 out.append(str(item))
         return out
-    return flat.tolist()  # type: ignore[no-any-return]
+    return list(flat.tolist())
 
 
 def _flatten(data: list[object]) -> list[object]:

@@ -19,7 +19,7 @@ except ImportError:  # pragma: no cover - onnxruntime is a hard dependency
 class OnnxRuntimeSession:
     """One `InferenceSession`; `run` releases the GIL, so instances run in parallel threads."""
 
-    def __init__(self, session: "ort.InferenceSession", memory_bytes: int) -> None:
+    def __init__(self, session: ort.InferenceSession, memory_bytes: int) -> None:
         self._session = session
         self._memory_bytes = memory_bytes
         self._output_names = [o.name for o in session.get_outputs()]
@@ -45,7 +45,7 @@ class OnnxRuntimeSession:
 
     def close(self) -> None:
         # Dropping the last reference frees the session; ORT has no explicit close.
-        self._session = None  # type: ignore[assignment]
+        self._session = None
 
 
 class OnnxRuntimeBackend:
@@ -84,7 +84,7 @@ class OnnxRuntimeBackend:
             return chosen
         raise BackendError(f"onnxruntime cannot use processor '{processor}'")
 
-    def session_options(self, config: ExecutionConfig) -> "ort.SessionOptions":
+    def session_options(self, config: ExecutionConfig) -> ort.SessionOptions:
         options = ort.SessionOptions()
         options.intra_op_num_threads = config.threads
         options.inter_op_num_threads = 1

@@ -7,11 +7,12 @@ figures measure the server, not the client's tensor serialisation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from ..engine import Engine, InferRequest
+from ..tensors import v2_datatype
 
 
 class Sender(Protocol):
@@ -40,11 +41,7 @@ def grpc(url: str) -> SenderFactory:
 
     def factory(model: str, inputs: dict[str, np.ndarray]) -> Sender:
         client = grpcclient.InferenceServerClient(url)
-        prepared = []
-        for name, array in inputs.items():
-            tensor = grpcclient.InferInput(name, list(array.shape), _v2(array))
-            tensor.set_data_from_numpy(array)
-            prepared.append(tensor)
+        prepared = _prepared(grpcclient, inputs)
 
         def send() -> None:
             client.infer(model, prepared)
@@ -60,11 +57,7 @@ def http(url: str) -> SenderFactory:
 
     def factory(model: str, inputs: dict[str, np.ndarray]) -> Sender:
         client = httpclient.InferenceServerClient(url)
-        prepared = []
-        for name, array in inputs.items():
-            tensor = httpclient.InferInput(name, list(array.shape), _v2(array))
-            tensor.set_data_from_numpy(array, binary_data=True)
-            prepared.append(tensor)
+        prepared = _prepared(httpclient, inputs)
 
         def send() -> None:
             client.infer(model, prepared)
@@ -74,7 +67,11 @@ def http(url: str) -> SenderFactory:
     return factory
 
 
-def _v2(array: np.ndarray) -> str:
-    from ..tensors import v2_datatype
-
-    return v2_datatype(array.dtype)
+def _prepared(module: Any, inputs: dict[str, np.ndarray]) -> list[Any]:
+    """tritonclient InferInputs holding `inputs` (binary tensors on both protocols)."""
+    prepared = []
+    for name, array in inputs.items():
+        tensor = module.InferInput(name, list(array.shape), v2_datatype(array.dtype))
+        tensor.set_data_from_numpy(array)  # binary by default in tritonclient.http too
+        prepared.append(tensor)
+    return prepared

@@ -58,7 +58,7 @@ def multitenancy(requests_per_model: int = 120, rounds: int = 3, cores: int | No
     engines = {key: Engine(repo, cores=cores) for key, repo in repos.items()}
     runs: dict[str, list[dict[str, Any]]] = {"sequential": [], "sequential_intra_op": [], "concurrent": []}
     try:
-        for key, engine in engines.items():
+        for engine in engines.values():
             failures = engine.load_all()
             if failures:
                 raise RuntimeError(f"models failed to load: {failures}")

@@ -4,8 +4,8 @@ tests and benchmarks drive it in-process, without a socket."""
 from __future__ import annotations
 
 import asyncio
-import os
 import logging
+import os
 import time
 from concurrent.futures import Future
 from pathlib import Path
@@ -96,7 +96,7 @@ class Engine:
         return [runner.stats.as_triton() for runner in runners]
 
     # -- inference -----------------------------------------------------------------------------
-    def submit(self, request: InferRequest) -> "Future[InferResponse]":
+    def submit(self, request: InferRequest) -> Future[InferResponse]:
         """Validate and queue a request; the future resolves when it has run."""
         if self._closed:
             raise ServerShuttingDown("the server is shutting down")

@@ -60,7 +60,7 @@ class ModelRunner:
     def memory_bytes(self) -> int:
         return sum(inst.memory_bytes for inst in self.instances)
 
-    def submit(self, request: InferRequest) -> "Future[InferResponse]":
+    def submit(self, request: InferRequest) -> Future[InferResponse]:
         """Validate and enqueue; the future resolves on an executor thread."""
         validate_inputs(self.config, request)
         priority = request.priority or self.config.priority

@@ -27,7 +27,7 @@ class Job:
     deadline_ns: int
     seq: int
     request: InferRequest = field(compare=False)
-    future: "Future[InferResponse]" = field(compare=False)
+    future: Future[InferResponse] = field(compare=False)
     enqueued_ns: int = field(compare=False, default_factory=time.monotonic_ns)
 
 
@@ -44,7 +44,7 @@ class RequestQueue:
     def __len__(self) -> int:
         return len(self._heap)
 
-    def put(self, request: InferRequest, priority: int, deadline_ns: int | None) -> "Future[InferResponse]":
+    def put(self, request: InferRequest, priority: int, deadline_ns: int | None) -> Future[InferResponse]:
         future: Future[InferResponse] = Future()
         job = Job(priority, deadline_ns or NO_DEADLINE, next(self._seq), request, future)
         with self._cond:

@@ -16,7 +16,15 @@ import orjson
 
 from ..engine import InferRequest, InferResponse
 from ..errors import InvalidInput
-from ..tensors import check_shape, from_list, from_raw, numpy_dtype, to_list, to_raw, v2_datatype
+from ..tensors import (
+    check_shape,
+    from_list,
+    from_raw,
+    numpy_dtype,
+    to_list,
+    to_raw,
+    v2_datatype,
+)
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -42,16 +50,21 @@ def parse_header_length(value: str | None, body_length: int) -> int | None:
     return length
 
 
-def decode_request(model: str, version: str, body: bytes, header_length: int | None) -> DecodedRequest:
-    """Decode an infer request body (JSON, or JSON header + binary tensors)."""
-    view = memoryview(body)
-    header_bytes = view[:header_length] if header_length is not None else view
+def parse_json_object(data: bytes | memoryview) -> dict[str, Any]:
+    """A JSON object from a body; InvalidInput if it is not valid JSON or not an object."""
     try:
-        document = orjson.loads(header_bytes)
+        document = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"request body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
-        raise InvalidInput("request body must be a JSON object with an 'inputs' list")
+        raise InvalidInput("request body must be a JSON object")
+    return document
+
+
+def decode_request(model: str, version: str, body: bytes, header_length: int | None) -> DecodedRequest:
+    """Decode an infer request body (JSON, or JSON header + binary tensors)."""
+    view = memoryview(body)
+    document = parse_json_object(view[:header_length] if header_length is not None else view)
     raw_inputs = document.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("request field 'inputs' must be a non-empty list")

@@ -21,7 +21,14 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from ..engine import Engine, InferRequest, InferResponse
 from ..errors import EdgeplexError, InvalidInput
-from ..tensors import V2_TO_NUMPY, check_shape, element_count, from_raw, to_raw, v2_datatype
+from ..tensors import (
+    V2_TO_NUMPY,
+    check_shape,
+    element_count,
+    from_raw,
+    to_raw,
+    v2_datatype,
+)
 from . import triton
 
 log = logging.getLogger(__name__)

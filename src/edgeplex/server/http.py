@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,9 +21,13 @@ from starlette.routing import Route
 
 from ..engine import Engine
 from ..errors import EdgeplexError, InvalidInput, ModelNotReady, PayloadTooLarge
-from .codec import HEADER_LENGTH, decode_request, encode_response, parse_header_length
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
+from .codec import (
+    HEADER_LENGTH,
+    decode_request,
+    encode_response,
+    parse_header_length,
+    parse_json_object,
+)
 from .metrics import metrics_registry
 from .triton import model_config_dict, repository_index, server_metadata
 
@@ -164,15 +169,7 @@ def build_app(engine: Engine, max_body_bytes: int = 64 * 1024 * 1024) -> Starlet
 
 def _json_object(body: bytes) -> dict[str, Any]:
     """An optional JSON object body (empty means {}); InvalidInput if it is anything else."""
-    if not body.strip():
-        return {}
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise InvalidInput("request body must be a JSON object")
-    return document
+    return parse_json_object(body) if body.strip() else {}
 
 
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
