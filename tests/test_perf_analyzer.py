@@ -1,0 +1,104 @@
+"""Triton's perf_analyzer (fetched from PyPI) against the real `edgeplex serve` on the real zoo.
+
+perf_analyzer is the stock load generator for KServe V2/Triton servers: it reads the model's
+metadata and config, generates inputs, reads the server's statistics around each measurement window
+and fails loudly on any protocol mismatch. So this checks wire compatibility with a client we did not
+write, and that our statistics agree with what it did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from edgeplex.bench.perf_analyzer import (
+    PerfAnalyzer,
+    PerfResult,
+    UnsupportedPlatform,
+    WireProtocol,
+    ensure_perf_analyzer,
+    parse_report,
+)
+from edgeplex.bench.process import ServerProcess, running_server
+
+pytestmark = pytest.mark.integration
+
+MEASUREMENT_MS = 1500
+CONCURRENCY = 2
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> PerfAnalyzer:
+    try:
+        return ensure_perf_analyzer()
+    except UnsupportedPlatform as exc:  # only the platform may skip; any other failure fails the test
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def server(zoo_repo: Path) -> Iterator[ServerProcess]:
+    with running_server(zoo_repo, "--model", "magika", "--model", "yolov8n", cores=2) as process:
+        yield process
+
+
+def counts(server: ServerProcess, protocol: str, model: str) -> tuple[int, int]:
+    """(successful, failed) requests of `model`, all versions, from the server's statistics extension."""
+    stats: dict[str, Any]
+    if protocol == "grpc":
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            stats = client.get_inference_statistics(model, as_json=True)
+    else:
+        client = httpclient.InferenceServerClient(server.http_url)
+        try:
+            stats = client.get_inference_statistics(model)
+        finally:
+            client.close()
+    entries = stats["model_stats"]
+    assert entries, stats
+    success = sum(int(e["inference_stats"].get("success", {}).get("count", 0)) for e in entries)
+    fail = sum(int(e["inference_stats"].get("fail", {}).get("count", 0)) for e in entries)
+    return success, fail
+
+
+@pytest.mark.parametrize(("model", "protocol"), [("magika", "grpc"), ("magika", "http"), ("yolov8n", "grpc")])
+def test_perf_analyzer_drives_edgeplex(analyzer: PerfAnalyzer, server: ServerProcess, model: str,
+                                      protocol: WireProtocol) -> None:
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    success_before, fail_before = counts(server, protocol, model)
+
+    # A shared 2-core machine is noisy: a looser stability bound keeps the run to a few windows.
+    result = analyzer.run(model, url, protocol, CONCURRENCY, MEASUREMENT_MS, stability_percentage=50, max_trials=8)
+
+    success_after, fail_after = counts(server, protocol, model)
+    context = f"{result.summary()}\n--- perf_analyzer ---\n{result.stdout[-3000:]}\n--- server ---\n" + "\n".join(
+        server.output[-20:])
+    assert result.throughput > 0, context
+    assert result.p50_ms > 0 and result.p50_ms <= result.p90_ms <= result.p99_ms, context
+    assert result.client_requests is not None and result.client_requests > 0, context
+    # perf_analyzer read our statistics extension around its windows (its "Server:" section).
+    assert result.server_requests is not None and result.server_requests > 0, context
+    # Every request it counted was served, plus its warm-up and unstable windows: at least as many.
+    assert success_after - success_before >= result.client_requests, context
+    assert fail_before == fail_after == 0, context
+
+
+def test_parse_report() -> None:
+    report = (
+        "Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,"
+        "Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency,"
+        "Avg latency,request/response,response wait\n"
+        "2,33.0644,220,5729,25140,0,29230,0,9,58297,72421,79138,93492,60330,229,60018\n"
+    )
+    stdout = ("Request concurrency: 2\n  Client: \n    Request count: 180\n"
+              "  Server: \n    Successful request count: 179\n")
+    result: PerfResult = parse_report(report, stdout, model="yolov8n", protocol="grpc", concurrency=2)
+    assert result.throughput == pytest.approx(33.0644)
+    latencies = (result.p50_ms, result.p90_ms, result.p95_ms, result.p99_ms)
+    assert latencies == pytest.approx((58.297, 72.421, 79.138, 93.492))
+    assert result.avg_ms == pytest.approx(60.33)
+    assert (result.client_requests, result.server_requests) == (180, 179)
