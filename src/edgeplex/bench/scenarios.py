@@ -150,10 +150,10 @@ def overhead(models: tuple[str, ...] = MIX, concurrency: int = 4, duration_s: fl
             with running_server(repo, "--model", model) as server:
                 if analyzer is not None:
                     try:
-                        result = analyzer.run(model, server.grpc_url, "grpc", concurrency, int(duration_s * 1000 / 2),
+                        measured = analyzer.run(model, server.grpc_url, "grpc", concurrency, int(duration_s * 1000 / 2),
                                               shape=ZOO_SHAPES.get(model), stability_percentage=25, max_trials=6)
-                        row.update(pa_grpc_rps=round(result.throughput, 2), pa_grpc_p50_ms=round(result.p50_ms, 2),
-                                   pa_ratio=round(result.throughput / local.throughput, 3))
+                        row.update(pa_grpc_rps=round(measured.throughput, 2), pa_grpc_p50_ms=round(measured.p50_ms, 2),
+                                   pa_ratio=round(measured.throughput / local.throughput, 3))
                     except PerfAnalyzerError as exc:
                         row["pa_error"] = str(exc)[:300]
                 remote = closed_loop(clients.grpc(server.grpc_url), inputs, {model: concurrency}, duration_s=duration_s)[model]
