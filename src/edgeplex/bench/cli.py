@@ -20,9 +20,10 @@ def add_bench_parser(commands: Any) -> None:
     multi.add_argument("--cores", type=int, default=None)
     multi.add_argument("--out", type=Path, default=DEFAULT_OUT)
     over = scenario.add_parser("overhead", help="gRPC server throughput vs the in-process engine")
-    over.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    over.add_argument("--duration", type=float, default=18.0, help="seconds per model and client, over all rounds")
     over.add_argument("--concurrency", type=int, default=4)
     over.add_argument("--instances", type=int, default=2)
+    over.add_argument("--rounds", type=int, default=3, help="alternations of the runs")
     over.add_argument("--models", nargs="*", default=list(scenarios.MIX))
     over.add_argument("--out", type=Path, default=DEFAULT_OUT)
     bench.set_defaults(func=run_bench)
@@ -32,7 +33,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.scenario == "multitenancy":
         result, text = scenarios.multitenancy(args.requests, args.rounds, args.cores)
     else:
-        result, text = scenarios.overhead(tuple(args.models), args.concurrency, args.duration, args.instances)
+        result, text = scenarios.overhead(tuple(args.models), args.concurrency, args.duration, args.instances, args.rounds)
     path = report.write(args.out, args.scenario, result, text)
     print(text)
     print(f"\nrecorded: {path}")

@@ -32,6 +32,21 @@ class ServerProcess:
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system, all threads) the server process has used so far."""
+        return process_cpu_seconds(self.process.pid)
+
+    def successes(self, model: str) -> int:
+        """Successful requests the server has answered for `model` (its statistics)."""
+        import tritonclient.http as httpclient
+
+        client = httpclient.InferenceServerClient(self.http_url)
+        try:
+            stats = client.get_inference_statistics(model)["model_stats"]
+        finally:
+            client.close()
+        return sum(int(entry["inference_stats"]["success"]["count"]) for entry in stats)
+
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, then wait; returns the exit code (SIGKILL only if it hangs)."""
         if self.process.poll() is None:
@@ -42,6 +57,13 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, from /proc (Linux)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -118,14 +119,15 @@ def multitenancy(requests_per_model: int = 120, rounds: int = 3, cores: int | No
 
 
 def overhead(models: tuple[str, ...] = MIX, concurrency: int = 4, duration_s: float = 10.0,
-             instance_count: int = 2) -> tuple[dict[str, Any], str]:
+             instance_count: int = 2, rounds: int = 3) -> tuple[dict[str, Any], str]:
     """Throughput through a real `edgeplex serve` vs the in-process engine, per model.
 
     The same repository and placement (`instance_count` single-thread instances per model, so
     the model can use every core) in all runs; one model at a time, `concurrency` clients. Two
     wire clients: Triton's perf_analyzer (C++, the standard tool; its own CPU use is small) and
     tritonclient's Python gRPC client, whose serialisation runs on the same two cores as the
-    server and so is part of what it measures.
+    server and so is part of what it measures. The three runs alternate over `rounds` (engine
+    and server both loaded, one idle while the other is measured); ratios are per-round medians.
     """
     from .perf_analyzer import ZOO_SHAPES, PerfAnalyzerError, PerfAnalyzerUnavailable, ensure_perf_analyzer
 
@@ -135,44 +137,86 @@ def overhead(models: tuple[str, ...] = MIX, concurrency: int = 4, duration_s: fl
     except PerfAnalyzerUnavailable as exc:
         analyzer, analyzer_problem = None, str(exc)
     repo = _repository_with(models, {"instance_count": instance_count, "threads": 1})
+    window_s = duration_s / rounds
     rows: list[dict[str, Any]] = []
+
+    def median(values: list[float]) -> float:
+        return sorted(values)[len(values) // 2] if values else float("nan")
+
     try:
         for model in models:
             inputs = {model: example_inputs(model)}
+            runs: dict[str, list[float]] = {"inprocess": [], "pa": [], "py": []}
+            # CPU per request: the in-process engine's (this process) vs the server process's.
+            cpu_ms: dict[str, list[float]] = {"inprocess": [], "server": []}
+            p50: dict[str, list[float]] = {"inprocess": [], "pa": [], "py": []}
+            errors: list[str] = []
             engine = Engine(repo)
             try:
                 engine.load_all([model])
-                local = closed_loop(clients.inprocess(engine), inputs, {model: concurrency}, duration_s=duration_s)[model]
+                with running_server(repo, "--model", model) as server:
+                    for _ in range(rounds):
+                        cpu_before = time.process_time()
+                        local = closed_loop(clients.inprocess(engine), inputs, {model: concurrency}, duration_s=window_s)[model]
+                        if local.completed:
+                            cpu_ms["inprocess"].append((time.process_time() - cpu_before) * 1000 / local.completed)
+                        server_cpu, served = server.cpu_seconds(), server.successes(model)
+                        runs["inprocess"].append(local.throughput)
+                        p50["inprocess"].append(local.percentile(50))
+                        errors += local.errors
+                        if analyzer is not None:
+                            try:
+                                measured = analyzer.run(model, server.grpc_url, "grpc", concurrency, int(window_s * 1000 / 2),
+                                                        shape=ZOO_SHAPES.get(model), stability_percentage=25, max_trials=6)
+                                runs["pa"].append(measured.throughput)
+                                p50["pa"].append(measured.p50_ms)
+                            except PerfAnalyzerError as exc:
+                                errors.append(f"perf_analyzer: {str(exc)[:200]}")
+                        remote = closed_loop(clients.grpc(server.grpc_url), inputs, {model: concurrency}, duration_s=window_s)[model]
+                        if (answered := server.successes(model) - served) > 0:
+                            cpu_ms["server"].append((server.cpu_seconds() - server_cpu) * 1000 / answered)
+                        runs["py"].append(remote.throughput)
+                        p50["py"].append(remote.percentile(50))
+                        errors += remote.errors
             finally:
                 engine.close()
-            row: dict[str, Any] = {"model": model, "inprocess_rps": round(local.throughput, 2),
-                                   "inprocess_p50_ms": round(local.percentile(50), 2)}
-            with running_server(repo, "--model", model) as server:
-                if analyzer is not None:
-                    try:
-                        measured = analyzer.run(model, server.grpc_url, "grpc", concurrency, int(duration_s * 1000 / 2),
-                                              shape=ZOO_SHAPES.get(model), stability_percentage=25, max_trials=6)
-                        row.update(pa_grpc_rps=round(measured.throughput, 2), pa_grpc_p50_ms=round(measured.p50_ms, 2),
-                                   pa_ratio=round(measured.throughput / local.throughput, 3))
-                    except PerfAnalyzerError as exc:
-                        row["pa_error"] = str(exc)[:300]
-                remote = closed_loop(clients.grpc(server.grpc_url), inputs, {model: concurrency}, duration_s=duration_s)[model]
-            row.update(py_grpc_rps=round(remote.throughput, 2), py_grpc_p50_ms=round(remote.percentile(50), 2),
-                       py_ratio=round(remote.throughput / local.throughput, 3) if local.throughput else 0.0,
-                       errors=len(local.errors) + len(remote.errors))
-            rows.append(row)
+            base = runs["inprocess"]
+            rows.append({
+                "model": model,
+                "inprocess_rps": round(median(base), 2),
+                "pa_grpc_rps": round(median(runs["pa"]), 2),
+                "pa_ratio": round(median([r / b for r, b in zip(runs["pa"], base)]), 3),
+                "py_grpc_rps": round(median(runs["py"]), 2),
+                "py_ratio": round(median([r / b for r, b in zip(runs["py"], base)]), 3),
+                "inprocess_p50_ms": round(median(p50["inprocess"]), 2),
+                "pa_grpc_p50_ms": round(median(p50["pa"]), 2),
+                "py_grpc_p50_ms": round(median(p50["py"]), 2),
+                "inprocess_cpu_ms": round(median(cpu_ms["inprocess"]), 2),
+                "server_cpu_ms": round(median(cpu_ms["server"]), 2),
+                "server_cpu_efficiency": round(median(cpu_ms["inprocess"]) / median(cpu_ms["server"]), 3)
+                if cpu_ms["server"] else float("nan"),
+                "errors": len(errors),
+                "rounds": {key: [round(v, 2) for v in values] for key, values in runs.items()},
+                "error_samples": errors[:3],
+            })
     finally:
         shutil.rmtree(repo, ignore_errors=True)
-    result = {"concurrency": concurrency, "duration_s": duration_s, "instance_count": instance_count,
+    result = {"concurrency": concurrency, "duration_s": duration_s, "rounds": rounds, "instance_count": instance_count,
               "perf_analyzer": analyzer.version() if analyzer else f"unavailable: {analyzer_problem}", "models": rows}
     text = "\n".join([
         f"## Server overhead: gRPC + binary tensors vs in-process engine (concurrency {concurrency})",
         "",
         f"Each model alone, {instance_count} single-thread instances; pa = Triton's perf_analyzer (C++), "
-        "py = tritonclient.grpc (Python, prepared inputs); ratio = over-the-wire / in-process throughput.",
+        "py = tritonclient.grpc (Python, prepared inputs); ratio = over-the-wire / in-process throughput, "
+        f"median of {rounds} alternating rounds.",
         "",
         table(rows, ["model", "inprocess_rps", "pa_grpc_rps", "pa_ratio", "py_grpc_rps", "py_ratio",
                      "inprocess_p50_ms", "pa_grpc_p50_ms", "py_grpc_p50_ms", "errors"]),
+        "",
+        "CPU per request: the in-process engine vs the server process (transport included, client excluded); "
+        "efficiency = in-process / server.",
+        "",
+        table(rows, ["model", "inprocess_cpu_ms", "server_cpu_ms", "server_cpu_efficiency"]),
         "",
         "target: ratio >= 0.90 for yolov8n",
     ])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,6 @@ class Engine:
         self.cores = cores or default_cores()
         self.pools = {"cpu": TokenPool("cpu", self.cores, sorted(os.sched_getaffinity(0)))}
         self.manager = ModelManager(Repository(repository), self.pools)
-        self.started_ns = time.monotonic_ns()
         self._closed = False
 
     # -- model control -------------------------------------------------------------------------

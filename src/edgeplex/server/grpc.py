@@ -30,6 +30,7 @@ from ..tensors import (
     v2_datatype,
 )
 from . import triton
+from .grpc_wire import parse_infer_request, serialize_infer_response, serialize_stream_response
 
 log = logging.getLogger(__name__)
 
@@ -146,17 +147,19 @@ def _param_value(param: Any) -> Any:
 
 
 # -- encoding ------------------------------------------------------------------------------------
-def encode_response(response: InferResponse, requested: list[str] | None = None) -> Any:
-    """An engine InferResponse as a ModelInferResponse (raw_output_contents, as tritonclient reads)."""
+def encode_response(response: InferResponse, requested: list[str] | None = None) -> bytes:
+    """An engine InferResponse as a serialized ModelInferResponse (raw_output_contents, as
+    tritonclient reads them), each tensor copied once, straight into the reply."""
     names = requested or list(response.outputs)
     message = ModelInferResponse(model_name=response.model_name, model_version=response.model_version, id=response.id)
+    raws: list[np.ndarray | bytes] = []
     for name in names:
         array = response.outputs[name]
         message.outputs.add(name=name, datatype=v2_datatype(array.dtype), shape=list(array.shape))
-        message.raw_output_contents.append(to_raw(array))
+        raws.append(to_raw(array) if array.dtype.kind in ("S", "U", "O") else array)
     for key, value in response.parameters.items():
         _set_param(message.parameters[key], value)
-    return message
+    return serialize_infer_response(message, raws)
 
 
 def _set_param(param: Any, value: Any) -> None:
@@ -287,19 +290,51 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                 if (task := pending.get_nowait()) is not None:
                     task.cancel()
 
-    async def _stream_one(self, request: Any) -> Any:
+    async def _stream_one(self, data: bytes) -> bytes:
         try:
-            return service_pb2.ModelStreamInferResponse(infer_response=await self._infer(request))
+            return serialize_stream_response(await self._infer(data))
         except Exception as exc:
             _, message = _status(exc, "ModelStreamInfer")
             # The id lets the client match the error to its request.
-            echo = ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
-            return service_pb2.ModelStreamInferResponse(error_message=message, infer_response=echo)
+            try:
+                request: Any = parse_infer_request(data)
+                echo = ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
+            except InvalidInput:
+                echo = ModelInferResponse()
+            return serialize_stream_response(echo.SerializeToString(), message)
 
-    async def _infer(self, request: Any) -> Any:
-        decoded = decode_request(request)
+    async def _infer(self, data: bytes) -> bytes:
+        decoded = decode_request(parse_infer_request(data))
         response = await self.engine.infer_async(decoded)
         return encode_response(response, decoded.outputs)
+
+
+def _unimplemented(name: str) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[None]]:
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not supported by edgeplex")
+
+    return refuse
+
+
+def _register(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Add the service with protobuf (de)serialisation for every RPC except the two infer RPCs,
+    which take and return bytes framed by `grpc_wire` (no copies of the raw tensors)."""
+    service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in service.methods:
+        behaviour = getattr(servicer, method.name)
+        if getattr(type(servicer), method.name) is getattr(service_pb2_grpc.GRPCInferenceServiceServicer, method.name):
+            behaviour = _unimplemented(method.name)
+        if method.name in ("ModelInfer", "ModelStreamInfer"):
+            request_deserializer, response_serializer = None, None  # bytes in, bytes out
+        else:
+            request_deserializer = getattr(service_pb2, method.input_type.name).FromString
+            response_serializer = getattr(service_pb2, method.output_type.name).SerializeToString
+        make = grpc.stream_stream_rpc_method_handler if method.client_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(
+            behaviour, request_deserializer=request_deserializer, response_serializer=response_serializer
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
 
 async def start_grpc_server(
@@ -315,7 +350,7 @@ async def start_grpc_server(
             ("grpc.so_reuseport", 0),
         ]
     )
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(engine), server)
+    _register(InferenceServicer(engine), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     bound = server.add_insecure_port(address)
     if bound == 0:
