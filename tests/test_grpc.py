@@ -505,3 +505,19 @@ def test_unexpected_failure_is_internal_and_not_fatal(
     monkeypatch.undo()
     assert client.get_model_metadata("add").name == "add"
     assert_add_works(client)
+
+
+def test_unsupported_rpcs_and_malformed_bytes_get_clear_statuses(
+    grpc_port: int, stub: service_pb2_grpc.GRPCInferenceServiceStub, client: grpcclient.InferenceServerClient
+) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        stub.SystemSharedMemoryStatus(service_pb2.SystemSharedMemoryStatusRequest())
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "SystemSharedMemoryStatus is not supported" in (info.value.details() or "")
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # bytes, as sent
+        with pytest.raises(grpc.RpcError) as info:
+            infer(b"\x3a\x10abc")  # raw_input_contents claiming 16 bytes, holding 3
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "runs past the end" in (info.value.details() or "")
+    assert_add_works(client)
