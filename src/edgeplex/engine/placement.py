@@ -1,0 +1,44 @@
+"""A placement: for every model, which execution configs it runs under and how many instances
+of each. The allocation policies (tuning) produce it; the ModelManager applies it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..backends.base import ExecutionConfig
+
+
+@dataclass(frozen=True)
+class InstanceGroup:
+    """`count` instances of a model under one execution config."""
+
+    config: ExecutionConfig
+    count: int = 1
+
+    @property
+    def threads(self) -> int:
+        return self.config.threads * self.count
+
+
+@dataclass
+class ModelPlacement:
+    """How one model is run, with the estimate and the reason that chose it."""
+
+    model: str
+    groups: list[InstanceGroup]
+    # Requests per second the allocator expects this placement to sustain (0 = unknown).
+    capacity: float = 0.0
+    reason: str = ""
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def same_configs(self, other: ModelPlacement) -> bool:
+        """True if both run the same configs with the same counts (nothing to swap)."""
+        return sorted(self.groups, key=_key) == sorted(other.groups, key=_key)
+
+
+def _key(group: InstanceGroup) -> tuple[str, str, str, int, int, int]:
+    c = group.config
+    return (c.backend, c.processor, c.variant, c.threads, c.max_batch, group.count)
+
+
+Placement = dict[str, ModelPlacement]
