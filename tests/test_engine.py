@@ -381,18 +381,20 @@ def test_reload_loses_no_queued_request(tmp_path: Path) -> None:
     add_model(tmp_path / "add" / "1" / "model.onnx")
     engine = Engine(tmp_path, cores=1)
     engine.load_all()
-    old = engine.manager.runner("add")
+    runner = engine.manager.runner("add")
+    old_instances = runner.instances
     pool = engine.pools["cpu"]
     taken = pool.acquire(1)
     futures = [engine.submit(InferRequest("add", {"x": X})) for _ in range(10)]
     reloader = threading.Thread(target=engine.load, args=("add",))
     reloader.start()
-    wait_for(lambda: engine.manager.runner("add") is not old)
-    # New requests go to the new runner while the old one drains.
+    wait_for(lambda: runner.instances != old_instances)
+    # The same queue keeps serving; new requests join it while the instances are swapped.
+    assert engine.manager.runner("add") is runner
     fresh = engine.submit(InferRequest("add", {"x": X}))
     pool.release(taken)
     reloader.join(10)
     for future in [*futures, fresh]:
         np.testing.assert_array_equal(future.result(5).outputs["y"], X + X)
-    assert old.stats.inference_count == 20
+    assert runner.stats.inference_count == 22  # 11 requests of 2 rows, each answered once
     engine.close()

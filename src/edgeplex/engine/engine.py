@@ -14,7 +14,8 @@ from ..config import ModelConfig, default_cores
 from ..errors import EdgeplexError, ServerShuttingDown
 from ..repository import Repository
 from .executor import TokenPool
-from .manager import ModelManager, ModelState
+from .manager import ModelEvicted, ModelManager, ModelState
+from .placement import ModelPlacement
 from .request import InferRequest, InferResponse
 
 log = logging.getLogger(__name__)
@@ -23,10 +24,10 @@ log = logging.getLogger(__name__)
 class Engine:
     """Loads models from a repository and runs requests on them, concurrently and within `cores`."""
 
-    def __init__(self, repository: Path, cores: int | None = None) -> None:
+    def __init__(self, repository: Path, cores: int | None = None, memory_budget: int | None = None) -> None:
         self.cores = cores or default_cores()
         self.pools = {"cpu": TokenPool("cpu", self.cores, sorted(os.sched_getaffinity(0)))}
-        self.manager = ModelManager(Repository(repository), self.pools)
+        self.manager = ModelManager(Repository(repository), self.pools, memory_budget)
         self._closed = False
 
     # -- model control -------------------------------------------------------------------------
@@ -94,19 +95,37 @@ class Engine:
         return [runner.stats.as_triton() for runner in runners]
 
     # -- inference -----------------------------------------------------------------------------
+    def apply(self, placement: ModelPlacement) -> None:
+        """Run a model under a new placement (warm swap: nothing in flight is lost)."""
+        self.manager.apply(placement)
+
     def submit(self, request: InferRequest) -> Future[InferResponse]:
-        """Validate and queue a request; the future resolves when it has run."""
-        if self._closed:
-            raise ServerShuttingDown("the server is shutting down")
-        return self.manager.runner(request.model_name, request.model_version).submit(request)
+        """Validate and queue a request; the future resolves when it has run. A model evicted
+        for memory is loaded again first (blocking: use `infer_async` from an event loop)."""
+        try:
+            return self.submit_nowait(request)
+        except ModelEvicted:
+            self.manager.ensure_loaded(request.model_name)
+            return self.submit_nowait(request)
 
     def infer(self, request: InferRequest) -> InferResponse:
         """Run a request and wait for it (from any thread but an event loop's)."""
         return self.submit(request).result()
 
     async def infer_async(self, request: InferRequest) -> InferResponse:
-        """Run a request without blocking the event loop."""
-        return await asyncio.wrap_future(self.submit(request))
+        """Run a request without blocking the event loop (a reload happens in a worker thread)."""
+        try:
+            future = self.submit_nowait(request)
+        except ModelEvicted:
+            await asyncio.to_thread(self.manager.ensure_loaded, request.model_name)
+            future = self.submit_nowait(request)
+        return await asyncio.wrap_future(future)
+
+    def submit_nowait(self, request: InferRequest) -> Future[InferResponse]:
+        """Like `submit`, but raises ModelEvicted instead of loading the model again."""
+        if self._closed:
+            raise ServerShuttingDown("the server is shutting down")
+        return self.manager.runner(request.model_name, request.model_version).submit(request)
 
     def close(self) -> None:
         """Refuse new requests, finish the queued ones, release every model."""

@@ -1,15 +1,19 @@
-"""ModelManager: loads and unloads models from the repository and keeps their state.
+"""ModelManager: loads, places, evicts and unloads models, and keeps their state.
 
 A model that fails to load is kept as UNAVAILABLE with its reason, visible in the repository
 index; it never stops the others. Loads are serialised so that each model's resident-set
-delta (its measured memory) is its own. A reload opens the new sessions before the old ones
-drain, so no request is lost to it.
+delta (its measured memory) is its own. A placement change (or a reload) opens and warms the
+new sessions before the old ones retire, under the same queue: no request is lost, refused or
+answered twice because of it. Within a memory budget, loading evicts the least recently used
+model that is neither pinned nor busy; a request for an evicted model loads it again.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,38 +23,68 @@ from ..config import ModelConfig
 from ..errors import BackendError, EdgeplexError, ModelNotFound, ModelNotReady
 from ..repository import ModelSource, Repository
 from .executor import TokenPool
+from .placement import InstanceGroup, ModelPlacement
 from .runner import Instance, ModelRunner, warmup_inputs
+from .stats import ModelStats
 
 log = logging.getLogger(__name__)
 
 READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNLOADING"
+EVICTED_REASON = "evicted to stay within the memory budget; loaded again on its next request"
+
+
+class ModelEvicted(ModelNotReady):
+    """The model was evicted for memory; the engine loads it again and retries."""
+
+
+@dataclass
+class Decision:
+    """One placement change of a model, for the placement endpoint and the logs."""
+
+    at: float
+    placement: str
+    reason: str
 
 
 @dataclass
 class ModelState:
-    """What the repository index reports for a model."""
+    """What the repository index and the placement endpoint report for a model."""
 
     name: str
     state: str = UNAVAILABLE
     reason: str = ""
     config: ModelConfig | None = None
     runners: dict[str, ModelRunner] = field(default_factory=dict)
+    placement: ModelPlacement | None = None
+    evicted: bool = False
+    last_used: float = 0.0
+    memory_bytes: int = 0  # measured at its last load; the estimate for the next one
+    stats: dict[str, ModelStats] = field(default_factory=dict)  # kept across evictions
+    decisions: deque[Decision] = field(default_factory=lambda: deque(maxlen=20))
 
     @property
     def latest(self) -> str:
         return max(self.runners, key=int) if self.runners else ""
 
 
+def default_placement(config: ModelConfig) -> ModelPlacement:
+    """What the model's own config asks for: its backend, threads and instance count."""
+    exec_config = ExecutionConfig(config.backend, "cpu", "fp32", config.threads, config.max_batch_size)
+    return ModelPlacement(config.name, [InstanceGroup(exec_config, config.instance_count)], reason="model config")
+
+
 class ModelManager:
     """Owns every loaded model version; thread-safe."""
 
-    def __init__(self, repository: Repository, pools: dict[str, TokenPool]) -> None:
+    def __init__(self, repository: Repository, pools: dict[str, TokenPool], memory_budget: int | None = None) -> None:
         self.repository = repository
         self.pools = pools
+        self.memory_budget = memory_budget
         self._states: dict[str, ModelState] = {}
         self._lock = threading.Lock()
-        self._load_lock = threading.Lock()
+        self._load_lock = threading.RLock()  # one load/apply at a time: memory deltas stay apart
 
+    # -- queries -------------------------------------------------------------------------------
     def states(self) -> list[ModelState]:
         """Every model known: loaded, failed, or present in the repository but not loaded."""
         with self._lock:
@@ -81,10 +115,13 @@ class ModelManager:
                 raise ModelNotFound(f"model '{name}' is not in the repository") from None
             raise ModelNotReady(f"model '{name}' is not loaded")
         if state.state != READY:
+            if state.evicted:
+                raise ModelEvicted(f"model '{name}' was {EVICTED_REASON}")
             raise ModelNotReady(f"model '{name}' is not ready ({state.state.lower()}: {state.reason or 'no reason'})")
         runner = state.runners.get(version or state.latest)
         if runner is None:
             raise ModelNotFound(f"model '{name}' has no version '{version}' (versions: {', '.join(sorted(state.runners))})")
+        state.last_used = time.monotonic()
         return runner
 
     def config(self, name: str) -> ModelConfig:
@@ -95,36 +132,55 @@ class ModelManager:
             return state.config
         return self.repository.load_config(self.repository.source(name))
 
+    def memory_used(self) -> int:
+        with self._lock:
+            return sum(r.memory_bytes for s in self._states.values() if s.state == READY for r in s.runners.values())
+
+    # -- control -------------------------------------------------------------------------------
     def load(self, name: str) -> ModelState:
-        """(Re)load a model; on failure it is UNAVAILABLE with the reason and the error is raised."""
+        """(Re)load a model under its placement; on failure it is UNAVAILABLE with the reason."""
         source = self.repository.source(name)
         with self._lock:
             state = self._states.setdefault(name, ModelState(name))
-            old = dict(state.runners) if state.state == READY else {}
-            if not old:
+            serving = state.state == READY
+            if not serving:
                 state.state, state.reason = LOADING, ""
         try:
-            config = self.repository.load_config(source)
-            runners = self._open(source, config)
+            with self._load_lock:
+                config = self.repository.load_config(source)
+                if state.placement is None or not serving:
+                    state.placement = state.placement or default_placement(config)
+                self._install(state, source, config, state.placement)
         except EdgeplexError as exc:
             with self._lock:
-                if not old:
+                if not serving:
                     state.state, state.reason = UNAVAILABLE, exc.message
             log.error("model %s failed to load: %s", name, exc.message)
             raise
-        with self._lock:
-            state.config, state.runners = config, runners
-            state.state, state.reason = READY, ""
-        for runner in old.values():
-            runner.close()
-        log.info(
-            "model %s ready: versions %s, %d instance(s), %.1f MB",
-            name, ", ".join(sorted(runners)), config.instance_count,
-            sum(r.memory_bytes for r in runners.values()) / 1e6,
-        )
         return state
 
-    def unload(self, name: str) -> None:
+    def ensure_loaded(self, name: str) -> None:
+        """Load an evicted model again (a request is waiting for it); counted in its statistics."""
+        with self._load_lock:
+            state = self.state(name)
+            if state.state == READY or not state.evicted:
+                return
+            self.load(name)
+            for stats in state.stats.values():
+                stats.reloads += 1
+
+    def apply(self, placement: ModelPlacement) -> None:
+        """Run a model under `placement`: new sessions warm up, then the old ones retire."""
+        with self._load_lock:
+            state = self.state(placement.model)
+            if state.placement is not None and state.placement.same_configs(placement) and state.state == READY:
+                state.placement.capacity, state.placement.reason = placement.capacity, placement.reason
+                return
+            state.placement = placement
+            if state.state == READY and state.config is not None:
+                self._install(state, self.repository.source(placement.model), state.config, placement)
+
+    def unload(self, name: str, reason: str = "unloaded", evicted: bool = False) -> None:
         """Stop taking requests for `name`, finish those queued, release its sessions."""
         with self._lock:
             state = self._states.get(name)
@@ -138,49 +194,121 @@ class ModelManager:
             runner.close()
         with self._lock:
             state.runners = {}
-            state.state, state.reason = UNAVAILABLE, "unloaded"
-        log.info("model %s unloaded", name)
+            state.state, state.reason, state.evicted = UNAVAILABLE, reason, evicted
+        log.info("model %s %s", name, "evicted (memory budget)" if evicted else "unloaded")
 
     def close(self) -> None:
         for state in self.states():
             if state.state == READY:
                 self.unload(state.name)
 
-    def _open(self, source: ModelSource, config: ModelConfig) -> dict[str, ModelRunner]:
-        backend = get_backend(config.backend)
-        pool = self.pools["cpu"]
-        exec_config = ExecutionConfig(
-            backend=config.backend, processor="cpu", threads=config.threads, max_batch=config.max_batch_size
+    # -- internals -----------------------------------------------------------------------------
+    def _install(self, state: ModelState, source: ModelSource, config: ModelConfig, placement: ModelPlacement) -> None:
+        """Open `placement`'s instances for every version and hand them to the runners."""
+        self._make_room(state, self._estimate(state, source, config, placement))
+        opened = self._open(source, config, placement)
+        grown = sum(inst.memory_bytes for instances in opened.values() for inst in instances)
+        try:
+            self._make_room(state, grown)  # measured now: make room for what it really took
+        except ModelNotReady:
+            for instances in opened.values():
+                for inst in instances:
+                    inst.session.close()
+            raise
+        with self._lock:
+            state.config = config
+            for version, instances in opened.items():
+                runner = state.runners.get(version)
+                if runner is not None and state.state == READY:
+                    runner.replace_instances(instances)
+                else:
+                    stats = state.stats.get(version)
+                    runner = ModelRunner(config, version, instances, self.pools["cpu"], stats)
+                    state.stats[version] = runner.stats
+                    state.runners[version] = runner
+            state.memory_bytes = sum(r.memory_bytes for r in state.runners.values())
+            state.state, state.reason, state.evicted = READY, "", False
+            state.last_used = time.monotonic()
+            state.decisions.append(Decision(time.time(), _describe(placement), placement.reason))
+        log.info(
+            "model %s ready: versions %s, %s, %.1f MB (%s)",
+            config.name, ", ".join(sorted(opened)), _describe(placement), state.memory_bytes / 1e6,
+            placement.reason or "no reason given",
         )
-        runners: dict[str, ModelRunner] = {}
-        instances: list[Instance] = []
+
+    def _estimate(self, state: ModelState, source: ModelSource, config: ModelConfig, placement: ModelPlacement) -> int:
+        """Bytes the new instances will take: the last measurement, else the file's size (its
+        weights at least); a wrong guess is corrected once the load has been measured."""
+        instances = sum(group.count for group in placement.groups)
+        if state.memory_bytes and state.runners:
+            per_instance = state.memory_bytes // max(1, sum(len(r.instances) for r in state.runners.values()))
+        else:
+            latest = source.versions[max(source.versions)] / config.default_model_filename
+            per_instance = latest.stat().st_size if latest.is_file() else 0
+        return per_instance * instances * max(1, len(source.versions))
+
+    def _make_room(self, loading: ModelState, need: int) -> None:
+        """Evict least recently used models (not pinned, not busy) until `need` more bytes fit."""
+        if self.memory_budget is None:
+            return
+        while self.memory_used() + need > self.memory_budget:
+            with self._lock:
+                candidates = [
+                    s for s in self._states.values()
+                    if s is not loading and s.state == READY and not (s.config and s.config.pinned)
+                    and not any(r.busy for r in s.runners.values())
+                ]
+            if not candidates:
+                raise ModelNotReady(
+                    f"model '{loading.name}' needs about {need / 1e6:.1f} MB; the memory budget is "
+                    f"{self.memory_budget / 1e6:.1f} MB and {self.memory_used() / 1e6:.1f} MB are held by models "
+                    "that are pinned, busy or being replaced"
+                )
+            victim = min(candidates, key=lambda s: s.last_used)
+            self.unload(victim.name, EVICTED_REASON, evicted=True)
+
+    def _open(self, source: ModelSource, config: ModelConfig, placement: ModelPlacement) -> dict[str, list[Instance]]:
+        opened: dict[str, list[Instance]] = {}
         try:
             for version, folder in sorted(source.versions.items()):
-                path = folder / config.default_model_filename
-                if not path.is_file():
-                    raise BackendError(f"model '{config.name}' version {version}: {path} is missing")
-                instances = []
-                for _ in range(config.instance_count):
-                    instances.append(self._open_instance(backend, path, exec_config, config))
-                runners[str(version)] = ModelRunner(config, str(version), instances, pool)
-                instances = []
+                instances: list[Instance] = []
+                opened[str(version)] = instances
+                for group in placement.groups:
+                    backend = get_backend(group.config.backend)
+                    path = model_file(folder, config, group.config)
+                    for _ in range(group.count):
+                        instances.append(self._open_instance(backend, path, group.config, config))
         except BaseException:
-            # A later version or instance failed: release what was opened (threads, sessions).
-            for inst in instances:
-                inst.session.close()
-            for runner in runners.values():
-                runner.close()
+            # A later version or instance failed: release what was opened.
+            for instances in opened.values():
+                for inst in instances:
+                    inst.session.close()
             raise
-        return runners
+        return opened
 
     def _open_instance(self, backend: Backend, path: Path, exec_config: ExecutionConfig, config: ModelConfig) -> Instance:
         """Open one session and run it once, measuring the resident memory both took."""
-        with self._load_lock:
-            session, opened = measure_rss(lambda: backend.open(path, exec_config))
-            try:
-                _, warmed = measure_rss(lambda: session.run(warmup_inputs(config)))
-            except EdgeplexError as exc:
-                log.info("model %s: warm-up run skipped (%s)", config.name, exc.message)
-                warmed = 0
+        session, opened = measure_rss(lambda: backend.open(path, exec_config))
+        try:
+            _, warmed = measure_rss(lambda: session.run(warmup_inputs(config)))
+        except EdgeplexError as exc:
+            log.info("model %s: warm-up run skipped (%s)", config.name, exc.message)
+            warmed = 0
         # The backend's own figure is a floor where the resident-set delta misses reused pages.
         return Instance(session, exec_config, max(opened, session.memory_bytes) + warmed)
+
+
+def model_file(folder: Path, config: ModelConfig, exec_config: ExecutionConfig) -> Path:
+    """The file an execution config runs: the original for fp32, else `variants/<variant>.onnx`."""
+    if exec_config.variant == "fp32":
+        path = folder / config.default_model_filename
+    else:
+        path = folder / "variants" / f"{exec_config.variant}.onnx"
+    if not path.is_file():
+        raise BackendError(f"model '{config.name}': {path} is missing")
+    return path
+
+
+def _describe(placement: ModelPlacement) -> str:
+    return " + ".join(f"{g.count}x {g.config.backend}/{g.config.processor}/{g.config.variant}/t{g.config.threads}"
+                      for g in placement.groups)

@@ -38,27 +38,68 @@ class Instance:
     memory_bytes: int
 
 
-class ModelRunner:
-    """Serves one model version: validates, queues and executes its requests."""
+class _Worker:
+    """An instance and the executor thread that serves it; retiring it lets the thread finish
+    its current job, leave, and close the session."""
 
-    def __init__(self, config: ModelConfig, version: str, instances: list[Instance], pool: TokenPool) -> None:
+    def __init__(self, runner: ModelRunner, instance: Instance, name: str) -> None:
+        self.instance = instance
+        self.retired = threading.Event()
+        self.thread = threading.Thread(target=runner._serve, args=(self,), name=name, daemon=True)
+
+
+class ModelRunner:
+    """Serves one model version: validates, queues and executes its requests.
+
+    The queue and the statistics outlive the instances: `replace_instances` swaps the sessions
+    under a running model (a placement change) with no request lost or answered twice."""
+
+    def __init__(
+        self, config: ModelConfig, version: str, instances: list[Instance], pool: TokenPool,
+        stats: ModelStats | None = None,
+    ) -> None:
         self.config = config
         self.version = version
-        self.instances = instances
         self.pool = pool
-        self.stats = ModelStats(config.name, version)
+        self.stats = stats or ModelStats(config.name, version)
         self._output_names = [spec.name for spec in config.outputs]
         self.queue = RequestQueue(int(config.parameters.get("max_queue_size", DEFAULT_MAX_QUEUE)))
-        self._threads = [
-            threading.Thread(target=self._serve, args=(inst,), name=f"edgeplex-{config.name}-{version}-{i}", daemon=True)
-            for i, inst in enumerate(instances)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._lock = threading.Lock()
+        self._workers: list[_Worker] = []
+        self._serial = 0
+        self._in_flight = 0
+        self.replace_instances(instances)
+
+    @property
+    def instances(self) -> list[Instance]:
+        with self._lock:
+            return [worker.instance for worker in self._workers]
 
     @property
     def memory_bytes(self) -> int:
         return sum(inst.memory_bytes for inst in self.instances)
+
+    @property
+    def busy(self) -> bool:
+        """Requests queued or computing now (an eviction must wait for an idle model)."""
+        return self._in_flight > 0
+
+    def replace_instances(self, instances: list[Instance]) -> None:
+        """Serve from `instances` from now on: their threads start before the old ones retire,
+        so the queue is never without a server; the old sessions close once their thread ends."""
+        if not instances:
+            raise ValueError(f"model '{self.config.name}': a runner needs at least one instance")
+        with self._lock:
+            old = self._workers
+            self._workers = []
+            for instance in instances:
+                self._serial += 1
+                worker = _Worker(self, instance, f"edgeplex-{self.config.name}-{self.version}-{self._serial}")
+                self._workers.append(worker)
+                worker.thread.start()
+        for worker in old:
+            worker.retired.set()
+        self.queue.wake_all()
 
     def submit(self, request: InferRequest) -> Future[InferResponse]:
         """Validate and enqueue; the future resolves on an executor thread."""
@@ -66,29 +107,45 @@ class ModelRunner:
         priority = request.priority or self.config.priority
         timeout_us = request.timeout_us
         deadline = time.monotonic_ns() + timeout_us * 1000 if timeout_us else None
-        return self.queue.put(request, priority, deadline)
+        with self._lock:
+            self._in_flight += 1
+        try:
+            future = self.queue.put(request, priority, deadline)
+        except BaseException:
+            self._done(None)
+            raise
+        future.add_done_callback(self._done)
+        return future
 
     def close(self, timeout: float | None = None) -> None:
         """Finish what is queued, then stop the threads and release the sessions."""
         self.queue.close()
-        for thread in self._threads:
-            thread.join(timeout)
-        for inst in self.instances:
-            inst.session.close()
+        with self._lock:
+            workers = list(self._workers)
+        for worker in workers:
+            worker.thread.join(timeout)
 
-    def _serve(self, instance: Instance) -> None:
-        while (job := self.queue.get()) is not None:
-            if not job.future.set_running_or_notify_cancel():
-                continue  # the caller went away while it waited
-            try:
-                job.future.set_result(self._execute(instance, job))
-            except EdgeplexError as exc:
-                self.stats.record_failure(time.monotonic_ns() - job.enqueued_ns)
-                job.future.set_exception(exc)
-            except Exception as exc:  # a backend bug must not kill the executor thread
-                log.exception("model %s: unexpected failure", self.config.name)
-                self.stats.record_failure(time.monotonic_ns() - job.enqueued_ns)
-                job.future.set_exception(exc)
+    def _done(self, _: object) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def _serve(self, worker: _Worker) -> None:
+        instance = worker.instance
+        try:
+            while (job := self.queue.get(worker.retired)) is not None:
+                if not job.future.set_running_or_notify_cancel():
+                    continue  # the caller went away while it waited
+                try:
+                    job.future.set_result(self._execute(instance, job))
+                except EdgeplexError as exc:
+                    self.stats.record_failure(time.monotonic_ns() - job.enqueued_ns)
+                    job.future.set_exception(exc)
+                except Exception as exc:  # a backend bug must not kill the executor thread
+                    log.exception("model %s: unexpected failure", self.config.name)
+                    self.stats.record_failure(time.monotonic_ns() - job.enqueued_ns)
+                    job.future.set_exception(exc)
+        finally:
+            instance.session.close()
 
     def _execute(self, instance: Instance, job: Job) -> InferResponse:
         request = job.request

@@ -59,14 +59,20 @@ class RequestQueue:
             self._cond.notify()
         return future
 
-    def get(self) -> Job | None:
-        """The next job; blocks while empty; None once closed and drained."""
+    def get(self, stop: threading.Event | None = None) -> Job | None:
+        """The next job; blocks while empty; None once closed and drained, or once `stop` is set
+        (a retired instance's thread leaves; the job stays for the others)."""
         with self._cond:
-            while not self._heap:
-                if self._closed:
+            while not self._heap or (stop is not None and stop.is_set()):
+                if self._closed or (stop is not None and stop.is_set()):
                     return None
                 self._cond.wait()
             return heapq.heappop(self._heap)
+
+    def wake_all(self) -> None:
+        """Wake every waiting `get`, so retired threads notice their stop event."""
+        with self._cond:
+            self._cond.notify_all()
 
     def close(self) -> None:
         """Refuse new jobs; waiting `get` calls return None once the queue is empty."""

@@ -1,0 +1,136 @@
+"""Placement changes (warm swap) and the memory budget, on tiny models in-process."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+from helpers import wait_for
+from models import add_model, slow_model, write_config
+
+from edgeplex.backends import ExecutionConfig
+from edgeplex.engine import Engine, InferRequest
+from edgeplex.engine.placement import InstanceGroup, ModelPlacement
+
+X = np.arange(8, dtype=np.float32).reshape(2, 4)
+
+
+def placement(model: str, *groups: tuple[int, int], reason: str = "test") -> ModelPlacement:
+    """(threads, count) groups on onnxruntime/cpu/fp32."""
+    return ModelPlacement(
+        model, [InstanceGroup(ExecutionConfig("onnxruntime", "cpu", "fp32", t, 8), n) for t, n in groups], reason=reason
+    )
+
+
+def test_warm_swap_under_load_answers_every_request_exactly_once(tmp_path: Path) -> None:
+    slow_model(tmp_path / "slow" / "1" / "model.onnx", size=128, layers=8)
+    write_config(tmp_path / "slow", max_batch_size=8)
+    engine = Engine(tmp_path, cores=2)
+    engine.load_all()
+    answered: list[int] = []
+    failures: list[str] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def client(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        sent = 0
+        while not stop.is_set():
+            x = rng.standard_normal((1, 128)).astype(np.float32)
+            x[0, 0] = seed * 100_000 + sent  # a tag: the answer must be this request's own
+            try:
+                y = engine.infer(InferRequest("slow", {"x": x})).outputs["y"]
+                reference = engine.infer(InferRequest("slow", {"x": x})).outputs["y"]
+                if not np.allclose(y, reference, rtol=1e-5):
+                    raise AssertionError("wrong rows")
+            except Exception as exc:  # collected and asserted below
+                with lock:
+                    failures.append(repr(exc))
+            else:
+                with lock:
+                    answered.append(1)
+            sent += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    runner = engine.manager.runner("slow")
+    for groups in ([(1, 2)], [(2, 1)], [(1, 1), (1, 1)], [(1, 1)]):
+        before = len(answered)
+        engine.apply(placement("slow", *groups))
+        wait_for(lambda: len(answered) > before + 5)
+        assert [i.config.threads for i in runner.instances] == [t for t, n in groups for _ in range(n)]
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    assert failures == []
+    stats = runner.stats.as_triton()
+    # Every request answered once: two engine calls per answered client step.
+    assert stats["inference_stats"]["success"]["count"] == 2 * len(answered)
+    assert stats["inference_stats"]["fail"]["count"] == 0
+    decisions = engine.manager.state("slow").decisions
+    assert [d.reason for d in decisions][-4:] == ["test"] * 4
+    engine.close()
+
+
+def test_apply_with_the_same_configs_swaps_nothing(tmp_path: Path) -> None:
+    add_model(tmp_path / "add" / "1" / "model.onnx")
+    write_config(tmp_path / "add", max_batch_size=8, instance_count=2)
+    engine = Engine(tmp_path, cores=2)
+    engine.load_all()
+    runner = engine.manager.runner("add")
+    before = runner.instances
+    engine.apply(placement("add", (1, 2), reason="same again"))
+    assert runner.instances == before
+    assert engine.manager.state("add").placement.reason == "same again"
+    engine.close()
+
+
+def _budget_repo(root: Path) -> Path:
+    for name in ("a", "b", "c"):
+        slow_model(root / name / "1" / "model.onnx", size=512, layers=4)  # 4 MB of weights each
+        write_config(root / name, max_batch_size=8)
+    return root
+
+
+def test_memory_budget_evicts_least_recently_used_and_reloads_on_request(tmp_path: Path) -> None:
+    root = _budget_repo(tmp_path)
+    probe = Engine(root, cores=2)
+    probe.load_all(["a"])
+    one_model = probe.manager.memory_used()
+    probe.close()
+    assert one_model > 0
+    engine = Engine(root, cores=2, memory_budget=int(one_model * 2.5))
+    assert engine.load_all(["a", "b"]) == {}
+    x = np.ones((1, 512), np.float32)
+    engine.infer(InferRequest("a", {"x": x}))  # a is now more recent than b
+    engine.load("c")  # no room for three: b (least recently used) goes
+    states = {s.name: s for s in engine.models()}
+    assert states["b"].state == "UNAVAILABLE" and states["b"].evicted and "memory budget" in states["b"].reason
+    assert states["a"].state == "READY" and states["c"].state == "READY"
+    assert engine.manager.memory_used() <= engine.manager.memory_budget
+    # A request for b loads it again (evicting the LRU of a and c), and is answered.
+    y = engine.infer(InferRequest("b", {"x": x})).outputs["y"]
+    assert y.shape == (1, 512)
+    states = {s.name: s for s in engine.models()}
+    assert states["b"].state == "READY"
+    assert states["a"].evicted  # a was used before c was loaded
+    (stats,) = engine.statistics("b")
+    assert engine.manager.state("b").stats["1"].reloads == 1 and stats["inference_count"] == 1
+    engine.close()
+
+
+def test_pinned_models_are_never_evicted(tmp_path: Path) -> None:
+    root = _budget_repo(tmp_path)
+    write_config(root / "a", max_batch_size=8, pinned=True)
+    probe = Engine(root, cores=2)
+    probe.load_all(["b"])
+    one_model = probe.manager.memory_used()
+    probe.close()
+    engine = Engine(root, cores=2, memory_budget=int(one_model * 1.5))
+    assert engine.load_all(["a"]) == {}
+    failures = engine.load_all(["b"])
+    assert "pinned, busy" in failures["b"]
+    assert {s.name: s.state for s in engine.models()}["a"] == "READY"
+    engine.close()
