@@ -59,7 +59,7 @@ def test_warm_swap_under_load_answers_every_request_exactly_once(tmp_path: Path)
     for groups in ([(1, 2)], [(2, 1)], [(1, 1), (1, 1)], [(1, 1)]):
         before = len(answered)
         engine.apply(placement("slow", *groups))
-        wait_for(lambda: len(answered) > before + 5)
+        wait_for(lambda before=before: len(answered) > before + 5)
         assert [i.config.threads for i in runner.instances] == [t for t, n in groups for _ in range(n)]
     stop.set()
     for thread in threads:
