@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 from helpers import wait_for
 from models import add_model, slow_model, write_config
 
@@ -133,4 +134,43 @@ def test_pinned_models_are_never_evicted(tmp_path: Path) -> None:
     failures = engine.load_all(["b"])
     assert "pinned, busy" in failures["b"]
     assert {s.name: s.state for s in engine.models()}["a"] == "READY"
+    engine.close()
+
+
+def test_monitor_reports_arrivals_and_service_time(tmp_path: Path) -> None:
+    import time
+
+    from edgeplex.engine.monitor import Monitor
+
+    slow_model(tmp_path / "slow" / "1" / "model.onnx", size=128, layers=8)
+    write_config(tmp_path / "slow", max_batch_size=8)
+    engine = Engine(tmp_path, cores=2)
+    engine.load_all()
+    monitor = Monitor(engine, smoothing=1.0)  # no smoothing: the window's own figures
+    monitor.sample()
+    began = time.monotonic()
+    for _ in range(40):
+        engine.infer(InferRequest("slow", {"x": np.ones((1, 128), np.float32)}))
+    time.sleep(0.05)
+    loads = monitor.sample()
+    window = time.monotonic() - began
+    load = loads["slow"]
+    assert 40 / window * 0.8 <= load.arrival_rate <= 40 / (window - 0.05) * 1.2
+    assert load.completion_rate == pytest.approx(load.arrival_rate, rel=0.01)
+    assert load.service_ms > 0 and load.queued == 0
+    engine.close()
+
+
+def test_placement_report_shows_groups_memory_and_the_last_decision(tmp_path: Path) -> None:
+    add_model(tmp_path / "add" / "1" / "model.onnx")
+    write_config(tmp_path / "add", max_batch_size=8)
+    engine = Engine(tmp_path, cores=2)
+    engine.load_all()
+    engine.apply(placement("add", (2, 1), (1, 1), reason="bottleneck: add"))
+    (entry,) = engine.placement_report()
+    assert entry["model"] == "add" and entry["state"] == "READY"
+    assert [(g["threads"], g["instances"]) for g in entry["groups"]] == [(2, 1), (1, 1)]
+    assert entry["memory_bytes"] > 0
+    assert entry["last_decision"]["reason"] == "bottleneck: add"
+    assert "2x" not in entry["last_decision"]["placement"] and "onnxruntime/cpu/fp32/t2" in entry["last_decision"]["placement"]
     engine.close()

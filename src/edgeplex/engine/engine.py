@@ -95,6 +95,27 @@ class Engine:
         return [runner.stats.as_triton() for runner in runners]
 
     # -- inference -----------------------------------------------------------------------------
+    def placement_report(self) -> list[dict[str, Any]]:
+        """Per model: how it runs now, the capacity expected of it, and the last decision."""
+        report = []
+        for state in self.manager.states():
+            placement = state.placement
+            last = state.decisions[-1] if state.decisions else None
+            report.append({
+                "model": state.name,
+                "state": state.state,
+                "groups": [
+                    {"backend": g.config.backend, "processor": g.config.processor, "variant": g.config.variant,
+                     "threads": g.config.threads, "max_batch": g.config.max_batch, "instances": g.count}
+                    for g in (placement.groups if placement else [])
+                ],
+                "estimated_capacity": placement.capacity if placement else 0.0,
+                "observed_slowdown": placement.extra.get("slowdown", 1.0) if placement else 1.0,
+                "memory_bytes": state.memory_bytes if state.state == "READY" else 0,
+                "last_decision": {"at": last.at, "placement": last.placement, "reason": last.reason} if last else None,
+            })
+        return report
+
     def apply(self, placement: ModelPlacement) -> None:
         """Run a model under a new placement (warm swap: nothing in flight is lost)."""
         self.manager.apply(placement)

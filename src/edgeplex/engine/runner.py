@@ -68,6 +68,7 @@ class ModelRunner:
         self._workers: list[_Worker] = []
         self._serial = 0
         self._in_flight = 0
+        self.submitted = 0  # requests admitted to the queue, ever (the monitor's arrivals)
         self.replace_instances(instances)
 
     @property
@@ -109,6 +110,7 @@ class ModelRunner:
         deadline = time.monotonic_ns() + timeout_us * 1000 if timeout_us else None
         with self._lock:
             self._in_flight += 1
+            self.submitted += 1
         try:
             future = self.queue.put(request, priority, deadline)
         except BaseException:

@@ -139,6 +139,14 @@ def build_app(engine: Engine, max_body_bytes: int = 64 * 1024 * 1024) -> Starlet
         await asyncio.to_thread(engine.unload, request.path_params["model"])
         return Response(status_code=200)
 
+    async def placement(request: Request) -> Response:
+        return json_response({
+            "cores": engine.cores,
+            "memory_budget": engine.manager.memory_budget,
+            "memory_used": engine.manager.memory_used(),
+            "models": engine.placement_report(),
+        })
+
     registry = metrics_registry(engine)
 
     async def metrics(request: Request) -> Response:
@@ -155,6 +163,7 @@ def build_app(engine: Engine, max_body_bytes: int = 64 * 1024 * 1024) -> Starlet
         Route("/v2/repository/models/{model}/load", guarded(load), methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", guarded(unload), methods=["POST"]),
         Route("/metrics", guarded(metrics)),
+        Route("/v2/edgeplex/placement", guarded(placement)),
     ]
     for prefix in (model, versioned):
         routes += [

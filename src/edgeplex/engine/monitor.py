@@ -1,0 +1,95 @@
+"""Monitor: each model's load, smoothed, from counters the request path already keeps.
+
+The control path reads it every few seconds; the request path never waits on it. Arrivals
+are the requests admitted to a model's queue, so the demand it reports is what clients asked
+for, not what the model managed to serve.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from .engine import Engine
+
+
+@dataclass(frozen=True)
+class ModelLoad:
+    """One model's load over the last window (rates smoothed across windows)."""
+
+    model: str
+    arrival_rate: float  # requests/s asked for
+    completion_rate: float  # requests/s answered
+    service_ms: float  # mean compute time of one execution, as observed with the other tenants
+    queue_ms: float  # mean time a request waited for an instance
+    queued: int  # requests waiting now
+
+
+@dataclass
+class _Counters:
+    at: float
+    submitted: int
+    executions: int
+    compute_ns: int
+    successes: int
+    queue_ns: int
+
+
+class Monitor:
+    """Per-model load from the engine's statistics; `sample()` closes a window."""
+
+    def __init__(self, engine: Engine, smoothing: float = 0.5) -> None:
+        self.engine = engine
+        self.smoothing = smoothing
+        self._last: dict[str, _Counters] = {}
+        self._loads: dict[str, ModelLoad] = {}
+        self._lock = threading.Lock()
+
+    def loads(self) -> dict[str, ModelLoad]:
+        """The latest sample of every model (empty until `sample` ran twice)."""
+        with self._lock:
+            return dict(self._loads)
+
+    def sample(self) -> dict[str, ModelLoad]:
+        now = time.monotonic()
+        with self._lock:
+            for state in self.engine.models():
+                if state.state != "READY":
+                    continue
+                counters = self._read(state.name, now)
+                previous = self._last.get(state.name)
+                self._last[state.name] = counters
+                if previous is None or counters.at <= previous.at:
+                    continue
+                self._loads[state.name] = self._window(state.name, previous, counters)
+            return dict(self._loads)
+
+    def _read(self, name: str, now: float) -> _Counters:
+        state = self.engine.manager.state(name)
+        submitted = executions = compute_ns = successes = queue_ns = 0
+        for runner in state.runners.values():
+            stats = runner.stats.as_triton()
+            inference = stats["inference_stats"]
+            submitted += runner.submitted
+            executions += stats["execution_count"]
+            compute_ns += inference["compute_infer"]["ns"]
+            successes += inference["success"]["count"]
+            queue_ns += inference["queue"]["ns"]
+        return _Counters(now, submitted, executions, compute_ns, successes, queue_ns)
+
+    def _window(self, name: str, before: _Counters, after: _Counters) -> ModelLoad:
+        seconds = after.at - before.at
+        executions = after.executions - before.executions
+        successes = after.successes - before.successes
+        old = self._loads.get(name)
+        arrivals = (after.submitted - before.submitted) / seconds
+        completions = successes / seconds
+        service = (after.compute_ns - before.compute_ns) / executions / 1e6 if executions else (old.service_ms if old else 0.0)
+        queue = (after.queue_ns - before.queue_ns) / successes / 1e6 if successes else 0.0
+        if old is not None:
+            keep = 1.0 - self.smoothing
+            arrivals = keep * old.arrival_rate + self.smoothing * arrivals
+            completions = keep * old.completion_rate + self.smoothing * completions
+        queued = sum(len(r.queue) for r in self.engine.manager.state(name).runners.values())
+        return ModelLoad(name, arrivals, completions, service, queue, queued)
