@@ -222,3 +222,18 @@ def test_server_config_defaults() -> None:
     config = ServerConfig()
     assert config.cores == default_cores()
     assert (config.http_port, config.grpc_port) == (8000, 8001)
+
+
+@pytest.mark.parametrize("text, expected", [("1GiB", 2**30), ("512MB", 512 * 10**6), ("2e9", 2 * 10**9), ("100", 100), ("1.5G", 1_500_000_000)])
+def test_parse_bytes(text: str, expected: int) -> None:
+    from edgeplex.config import parse_bytes
+
+    assert parse_bytes(text) == expected
+
+
+@pytest.mark.parametrize("text", ["abc", "1XB", "0", "-1GB", ""])
+def test_parse_bytes_refuses_what_is_not_a_size(text: str) -> None:
+    from edgeplex.config import parse_bytes
+
+    with pytest.raises(ValueError, match="size"):
+        parse_bytes(text)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ConfigError
 from .tensors import V2_TO_NUMPY
 
-KNOWN_BACKENDS = ("onnxruntime",)
+KNOWN_BACKENDS = ("onnxruntime", "openvino")
 
 
 class TensorSpec(BaseModel):
@@ -148,6 +148,24 @@ def _pbtxt_fields(text: str, path: Path) -> dict[str, Any]:
     if params:
         fields["parameters"] = params
     return fields
+
+
+_UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TB": 10**12, "TIB": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """'1GiB', '512MB', '2e9' -> bytes; ValueError naming the text if it is not a size."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).upper() if match else ""
+    if match is None or unit not in _UNITS:
+        raise ValueError(f"'{text}' is not a size (examples: 1GiB, 512MB, 800000000)")
+    value = int(float(match.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise ValueError(f"'{text}' must be a positive size")
+    return value
 
 
 def default_cores() -> int:
