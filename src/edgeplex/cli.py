@@ -119,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=_models)
 
     from .bench.cli import add_bench_parser
+    from .tuning.cli import add_profile_parser
 
+    add_profile_parser(commands)
     add_bench_parser(commands)
     return parser
 
