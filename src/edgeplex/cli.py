@@ -16,6 +16,8 @@ from .errors import EdgeplexError
 def _serve(args: argparse.Namespace) -> int:
     from .engine import Engine
     from .server.app import serve
+    from .tuning.allocator import Allocator
+    from .tuning.store import ProfileStore, default_store_path
     from .zoo import ZOO, default_zoo_dir, pull
 
     repository: Path = args.repository
@@ -33,10 +35,13 @@ def _serve(args: argparse.Namespace) -> int:
         cores=args.cores,
         max_body_bytes=args.max_body_bytes,
     )
-    engine = Engine(repository, cores=config.cores)
+    engine = Engine(repository, cores=config.cores, memory_budget=args.memory_budget)
     failures = engine.load_all(args.model or None)
     for name, reason in failures.items():
         logging.getLogger("edgeplex").warning("model %s is not ready: %s", name, reason)
+    store = ProfileStore(args.profile_store or default_store_path()) if args.policy == "pareto" else None
+    allocator = Allocator(engine, args.policy, store, interval_s=args.replan_seconds)
+    allocator.start()
 
     def started(http_port: int, grpc_port: int) -> None:
         ready = [s.name for s in engine.models() if s.state == "READY"]
@@ -46,7 +51,7 @@ def _serve(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    asyncio.run(serve(engine, config, drain_seconds=args.drain_seconds, on_started=started))
+    asyncio.run(serve(engine, config, drain_seconds=args.drain_seconds, on_started=started, on_stopping=allocator.stop))
     return 0
 
 
@@ -87,6 +92,15 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(text: str) -> int:
+    from .config import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgeplex", description="Multi-model inference server for edge devices.")
     parser.add_argument("--version", action="version", version=f"edgeplex {__version__}")
@@ -103,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cores", type=int, default=default_cores(), help="cores in the budget (default: all)")
     serve.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024)
     serve.add_argument("--drain-seconds", type=float, default=10.0)
+    serve.add_argument("--policy", choices=["static", "balance", "pareto"], default="pareto",
+                       help="how models are placed: static (ONNX Runtime defaults), balance (an instance on every "
+                       "backend), pareto (profiles + measured load + feedback; default)")
+    serve.add_argument("--memory-budget", type=_size, default=None, help="e.g. 1GiB; beyond it, LRU models are evicted")
+    serve.add_argument("--profile-store", type=Path, default=None, help="profile database (default: in the cache)")
+    serve.add_argument("--replan-seconds", type=float, default=2.0, help="how often pareto re-plans")
     serve.set_defaults(func=_serve)
 
     zoo = commands.add_parser("zoo", help="real trained models from PyPI wheels")

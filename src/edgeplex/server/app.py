@@ -35,8 +35,10 @@ async def serve(
     config: ServerConfig,
     drain_seconds: float = 10.0,
     on_started: Callable[[int, int], None] | None = None,
+    on_stopping: Callable[[], None] | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM. `on_started(http_port, grpc_port)` is called once both listen."""
+    """Serve until SIGINT/SIGTERM. `on_started(http_port, grpc_port)` is called once both listen;
+    `on_stopping()` once they have drained, before the engine closes (stop the control path)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -70,5 +72,7 @@ async def serve(
     log.info("shutting down: draining for up to %.0f s", drain_seconds)
     http.should_exit = True
     await asyncio.gather(grpc_server.stop(drain_seconds), http_task, return_exceptions=True)
+    if on_stopping is not None:
+        await asyncio.to_thread(on_stopping)
     await asyncio.to_thread(engine.close)
     log.info("stopped")

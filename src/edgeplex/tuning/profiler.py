@@ -17,6 +17,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -171,12 +172,16 @@ def profile_model(name: str, model_file: Path, config: ModelConfig, store: Profi
                   inputs_for_batch: Callable[[int], Inputs] | None = None, iterations: int = 50, warmup: int = 5,
                   progress: Callable[[Step], None] | None = None, *, backends: Sequence[str] | None = None,
                   max_seconds: float = 3.0, retry_failed: bool = False,
-                  variants: Mapping[str, tuple[Path, float]] | None = None) -> list[Profile]:
+                  variants: Mapping[str, tuple[Path, float]] | None = None,
+                  guard: Callable[[ExecutionConfig], AbstractContextManager[object]] | None = None) -> list[Profile]:
     """Profiles of every candidate (config, batch) of a model, measuring only what the store lacks.
 
     The caller guarantees the machine is otherwise idle (solo measurement). `variants` maps a
     variant name to (its file, its fidelity loss); default: the original as "fp32", loss 0.
     Failed configs are recorded with their reason and skipped (again with `retry_failed`).
+    `guard(config)` is held around each measurement: a server profiling in the background holds
+    the config's cores from its token pool, so the measurement neither oversubscribes nor is
+    disturbed by the requests it serves meanwhile.
     """
     files = dict(variants) if variants else {"fp32": (Path(model_file), 0.0)}
     hashes = {variant: file_hash(path) for variant, (path, _) in files.items()}
@@ -204,7 +209,8 @@ def profile_model(name: str, model_file: Path, config: ModelConfig, store: Profi
             batch_inputs[batch] = make_inputs(batch)
         path, loss = files[cfg.variant]
         try:
-            m = measure(backend, path, cfg, batch_inputs[batch], iterations, warmup, max_seconds)
+            with guard(cfg) if guard is not None else nullcontext():
+                m = measure(backend, path, cfg, batch_inputs[batch], iterations, warmup, max_seconds)
         except Exception as exc:  # any failure of one config is that config's, never the whole run's
             reason = exc.message if isinstance(exc, EdgeplexError) else f"{type(exc).__name__}: {exc}"
             log.warning("%s: %s at batch %d failed: %s", name, cfg.label(), batch, reason)

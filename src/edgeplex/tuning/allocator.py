@@ -1,0 +1,197 @@
+"""The allocator: the control path that keeps every model on the configs that make the whole
+mix sustain the most, from profiles, measured demand and the slowdown observed when the
+models run together.
+
+Every `interval_s`: Monitor (demand, observed service time) -> observed slowdown per model ->
+`policies.plan` -> applied only when the predicted gain is worth a switch (hysteresis). The
+request path never waits on it; a placement change is a warm swap.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import AbstractContextManager
+from dataclasses import replace
+from pathlib import Path
+
+from ..backends import ExecutionConfig, available_backends
+from ..config import ModelConfig
+from ..engine import Engine
+from ..engine.executor import Grant
+from ..engine.monitor import Monitor
+from ..engine.placement import ModelPlacement, Placement
+from .policies import (
+    Candidate,
+    PlanResult,
+    balance_placement,
+    candidates_for_models,
+    plan,
+    predicted_lam,
+    should_switch,
+    static_placement,
+    update_slowdown,
+)
+from .profile import Profile
+from .profiler import current_backend_versions, profile_model
+from .store import ProfileStore, file_hash
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("static", "balance", "pareto")
+BACKGROUND_PRIORITY = 16  # profiling waits behind every request for cores
+
+
+class Allocator:
+    """Chooses and applies placements for an engine's loaded models under one policy."""
+
+    def __init__(
+        self, engine: Engine, policy: str = "pareto", store: ProfileStore | None = None, interval_s: float = 2.0,
+        min_gain: float = 0.10, profile_missing: bool = True, profile_seconds: float = 0.5,
+    ) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy '{policy}' (expected one of {', '.join(POLICIES)})")
+        if policy == "pareto" and store is None:
+            raise ValueError("the pareto policy needs a profile store")
+        self.engine = engine
+        self.policy = policy
+        self.store = store
+        self.interval_s = interval_s
+        self.min_gain = min_gain
+        self.profile_missing = profile_missing
+        self.profile_seconds = profile_seconds
+        self.monitor = Monitor(engine)
+        self.slowdown: dict[str, float] = {}
+        self.last_result: PlanResult | None = None
+        self._hashes: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Place every loaded model under the policy; `pareto` then keeps re-planning."""
+        configs = self._configs()
+        if self.policy == "static":
+            self._apply_all(static_placement(configs))
+        elif self.policy == "balance":
+            self._apply_all(balance_placement(configs, available_backends()))
+        else:
+            self._thread = threading.Thread(target=self._run, name="edgeplex-allocator", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def _run(self) -> None:
+        if self.profile_missing:
+            self.profile_unprofiled()
+        self.step(force=True)
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.step()
+            except Exception:  # the control path must never die: log and try next round
+                log.exception("allocator step failed")
+
+    # -- one round -----------------------------------------------------------------------------
+    def step(self, force: bool = False) -> PlanResult | None:
+        """Sample the load, re-plan, and apply the plan if it beats the current one enough."""
+        configs = self._configs()
+        loads = self.monitor.sample()
+        candidates = {m: c for m, c in self.candidates(configs).items() if c}
+        if not candidates:
+            return None
+        demand = {m: loads[m].arrival_rate if m in loads else 0.0 for m in candidates}
+        current: Placement = {}
+        for name in candidates:
+            state = self.engine.manager.state(name)
+            if state.placement is not None:
+                current[name] = state.placement
+            if name in loads and state.placement is not None:
+                solo = _solo_service_ms(state.placement, candidates[name])
+                if solo and loads[name].service_ms > 0:
+                    self.slowdown[name] = update_slowdown(self.slowdown.get(name, 1.0), loads[name].service_ms, solo)
+        cores, budget = self.engine.cores, self.engine.manager.memory_budget
+        result = plan(demand, candidates, cores, budget, self.slowdown, current)
+        self.last_result = result
+        now = predicted_lam(current, demand, candidates, self.slowdown, models=result.placement.keys())
+        if not force and not should_switch(now, result.lam, self.min_gain):
+            return result
+        gain = f"predicted mix rate {now:.1f} -> {result.lam:.1f}/s per share"
+        for name, placement in result.placement.items():
+            placement.reason = f"pareto: {placement.reason}; {gain}"
+            placement.extra["slowdown"] = round(self.slowdown.get(name, 1.0), 3)
+        self._apply_all(result.placement)
+        return result
+
+    def candidates(self, configs: dict[str, ModelConfig]) -> dict[str, list[Candidate]]:
+        """Each model's candidates from its stored profiles (batch 1: requests are not batched yet)."""
+        profiles: list[Profile] = []
+        versions = current_backend_versions()
+        for name in configs:
+            digest = self._hash(name, configs[name])
+            if digest is not None and self.store is not None:
+                # Keyed by the file, not the name: a model with the same file shares its profiles.
+                stored = self.store.for_model(digest, backend_versions=versions)
+                profiles += [replace(p, model=name) for p in stored if p.batch == 1]
+        return candidates_for_models(profiles, configs, self.engine.cores)
+
+    def profile_unprofiled(self) -> None:
+        """Briefly profile, in the background, every model the store knows nothing of, holding
+        the measured config's cores (at the lowest priority) so serving is never oversubscribed."""
+        assert self.store is not None
+        configs = self._configs()
+        missing = [name for name, cands in self.candidates(configs).items() if not cands]
+        pool = self.engine.pools["cpu"]
+
+        def guard(config: ExecutionConfig) -> AbstractContextManager[Grant]:
+            return pool.hold(config.threads or pool.capacity, BACKGROUND_PRIORITY)
+
+        for name in missing:
+            if self._stop.is_set():
+                return
+            log.info("profiling %s in the background (no stored profile)", name)
+            profile_model(
+                name, self._model_file(name, configs[name]), configs[name], self.store, self.engine.cores,
+                iterations=20, warmup=2, max_seconds=self.profile_seconds, guard=guard,
+            )
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _configs(self) -> dict[str, ModelConfig]:
+        return {s.name: s.config for s in self.engine.models() if s.state == "READY" and s.config is not None}
+
+    def _apply_all(self, placement: Placement) -> None:
+        for name, model_placement in placement.items():
+            if self._stop.is_set():
+                return
+            try:
+                self.engine.apply(model_placement)
+            except Exception as exc:  # one model's failed swap leaves it as it was; the rest go on
+                log.error("placement of %s failed, it keeps its previous one: %s", name, exc)
+
+    def _model_file(self, name: str, config: ModelConfig) -> Path:
+        source = self.engine.manager.repository.source(name)
+        return source.versions[source.latest_version] / config.default_model_filename
+
+    def _hash(self, name: str, config: ModelConfig) -> str | None:
+        if name not in self._hashes:
+            path = self._model_file(name, config)
+            if not path.is_file():
+                return None
+            self._hashes[name] = file_hash(path)
+        return self._hashes[name]
+
+
+def _solo_service_ms(placement: ModelPlacement, candidates: list[Candidate]) -> float:
+    """The service time the profiles predict for this placement's instances (count-weighted)."""
+    rates = {c.config: c.rate for c in candidates}
+    total = weight = 0.0
+    for group in placement.groups:
+        rate = rates.get(group.config)
+        if rate:
+            total += group.count * 1000.0 / rate
+            weight += group.count
+    return total / weight if weight else 0.0
+
+

@@ -1,0 +1,105 @@
+"""The allocator on tiny models: baselines, pareto planning from stored profiles, re-planning
+when the demand shifts, and hysteresis."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from models import slow_model, write_config
+
+from edgeplex.backends import ExecutionConfig, available_backends
+from edgeplex.engine import Engine, InferRequest
+from edgeplex.tuning.allocator import Allocator
+from edgeplex.tuning.profile import Profile
+from edgeplex.tuning.profiler import current_backend_versions
+from edgeplex.tuning.store import ProfileStore, file_hash, machine_id
+
+
+def _repo(root: Path) -> Path:
+    for name, layers in (("a", 2), ("b", 3)):  # different files, so different profiles
+        slow_model(root / name / "1" / "model.onnx", size=64, layers=layers)
+        write_config(root / name, max_batch_size=8)
+    return root
+
+
+def _profile(model: str, path: Path, backend: str, threads: int, rate: float) -> Profile:
+    config = ExecutionConfig(backend, "cpu", "fp32", threads, 8)
+    return Profile(model, file_hash(path), config, 1, 1000 / rate, 1200 / rate, rate, 10_000_000,
+                   current_backend_versions()[backend], machine_id())
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    eng = Engine(_repo(tmp_path / "repo"), cores=2)
+    eng.load_all()
+    yield eng
+    eng.close()
+
+
+def _groups(engine: Engine, model: str) -> list[tuple[str, int, int]]:
+    placement = engine.manager.state(model).placement
+    assert placement is not None
+    return sorted((g.config.backend, g.config.threads, g.count) for g in placement.groups)
+
+
+def test_static_runs_every_model_on_onnxruntime_defaults(engine: Engine) -> None:
+    Allocator(engine, "static").start()
+    for model in ("a", "b"):
+        assert _groups(engine, model) == [("onnxruntime", 0, 1)]
+        assert engine.manager.runner(model).instances[0].config.threads == 0
+
+
+def test_balance_puts_an_instance_on_every_backend(engine: Engine) -> None:
+    Allocator(engine, "balance").start()
+    for model in ("a", "b"):
+        assert _groups(engine, model) == sorted((b, 1, 1) for b in available_backends())
+        y = engine.infer(InferRequest(model, {"x": np.ones((1, 64), np.float32)})).outputs["y"]
+        assert y.shape == (1, 64)
+
+
+def test_pareto_plans_from_profiles_and_follows_a_demand_shift(engine: Engine, tmp_path: Path) -> None:
+    store = ProfileStore(tmp_path / "profiles.sqlite")
+    repo = engine.manager.repository.root
+    # Made-up but consistent profiles: 'a' scales with threads, 'b' does not.
+    for model, rates in (("a", {1: 100.0, 2: 190.0}), ("b", {1: 100.0, 2: 105.0})):
+        for threads, rate in rates.items():
+            store.put(_profile(model, repo / model / "1" / "model.onnx", "onnxruntime", threads, rate))
+    allocator = Allocator(engine, "pareto", store, profile_missing=False)
+    first = allocator.step(force=True)
+    assert first is not None and set(first.placement) == {"a", "b"}
+    # No traffic yet: equal shares on 2 cores -> one single-thread instance each.
+    assert _groups(engine, "a") == [("onnxruntime", 1, 1)] and _groups(engine, "b") == [("onnxruntime", 1, 1)]
+    assert "pareto" in engine.manager.state("a").placement.reason
+
+    # All the demand on 'a' (b idle) for a few monitor windows: a takes the cores.
+    x = np.ones((1, 64), np.float32)
+    for _ in range(3):
+        for _ in range(40):
+            engine.infer(InferRequest("a", {"x": x}))
+        time.sleep(0.02)
+        allocator.step()
+    a = _groups(engine, "a")
+    assert sum(threads * count for _, threads, count in a) == 1  # b keeps its one core
+    # b has no demand at all now: its share is 0, so a cannot get more than what is free...
+    engine.unload("b")
+    allocator.step()
+    assert sum(t * n for _, t, n in _groups(engine, "a")) == 2  # ...until b is gone: a gets both cores
+
+    # Hysteresis: the same demand again changes nothing.
+    before = list(engine.manager.state("a").decisions)
+    for _ in range(40):
+        engine.infer(InferRequest("a", {"x": x}))
+    allocator.step()
+    assert list(engine.manager.state("a").decisions) == before
+
+
+def test_pareto_profiles_unprofiled_models_in_the_background_within_the_token_pool(engine: Engine, tmp_path: Path) -> None:
+    store = ProfileStore(tmp_path / "profiles.sqlite")
+    allocator = Allocator(engine, "pareto", store, profile_seconds=0.05)
+    allocator.profile_unprofiled()
+    for model in ("a", "b"):
+        assert allocator.candidates({model: engine.manager.config(model)})[model]
+    assert engine.pools["cpu"].peak <= 2 and engine.pools["cpu"].in_use == 0
