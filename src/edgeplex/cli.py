@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 from . import __version__
@@ -92,6 +94,34 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _placement(args: argparse.Namespace) -> int:
+    """Ask a running server how it places each model, and why."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = f"{args.url.rstrip('/')}/v2/edgeplex/placement"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            report = json.load(response)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"edgeplex: cannot read {url}: {exc}", file=sys.stderr)
+        return 2
+    budget = report.get("memory_budget")
+    print(f"cores {report['cores']}, memory {report['memory_used'] / 1e6:.0f} MB used"
+          + (f" of {budget / 1e6:.0f} MB" if budget else " (no budget)"))
+    print(f"{'model':<12} {'state':<11} {'placement':<44} {'cap/s':>7} {'slowdown':>8}  reason (last change)")
+    for model in report["models"]:
+        groups = " + ".join(
+            f"{g['instances']}x {g['backend']}/{g['processor']}/{g['variant']}/t{g['threads']}" for g in model["groups"]
+        ) or "-"
+        last = model["last_decision"]
+        changed = time.strftime("%H:%M:%S", time.localtime(last["at"])) if last else "-"
+        print(f"{model['model']:<12} {model['state']:<11} {groups:<44} {model['estimated_capacity']:>7.1f} "
+              f"{model['observed_slowdown']:>8.2f}  {model['reason'] or '-'} ({changed})")
+    return 0
+
+
 def _size(text: str) -> int:
     from .config import parse_bytes
 
@@ -138,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--repository", type=Path, default=None)
     models.set_defaults(func=_models)
 
+    placement = commands.add_parser("placement", help="how a running server places each model, and why")
+    placement.add_argument("--url", default="http://127.0.0.1:8000", help="the server's HTTP address")
+    placement.set_defaults(func=_placement)
+
     from .bench.cli import add_bench_parser
     from .tuning.cli import add_profile_parser
 
@@ -147,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # gRPC's C core logs at INFO on its own (e.g. around subprocess forks); keep errors only.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr

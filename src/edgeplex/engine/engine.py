@@ -112,6 +112,7 @@ class Engine:
                 "estimated_capacity": placement.capacity if placement else 0.0,
                 "observed_slowdown": placement.extra.get("slowdown", 1.0) if placement else 1.0,
                 "memory_bytes": state.memory_bytes if state.state == "READY" else 0,
+                "reason": placement.reason if placement else "",
                 "last_decision": {"at": last.at, "placement": last.placement, "reason": last.reason} if last else None,
             })
         return report

@@ -112,6 +112,7 @@ class Allocator:
                 solo = _solo_service_ms(state.placement, candidates[name])
                 if solo and loads[name].service_ms > 0:
                     self.slowdown[name] = update_slowdown(self.slowdown.get(name, 1.0), loads[name].service_ms, solo)
+                    state.placement.extra["slowdown"] = round(self.slowdown[name], 3)  # shown live
         cores, budget = self.engine.cores, self.engine.manager.memory_budget
         result = plan(demand, candidates, cores, budget, self.slowdown, current)
         self.last_result = result
