@@ -26,11 +26,21 @@ def add_bench_parser(commands: Any) -> None:
     over.add_argument("--rounds", type=int, default=3, help="alternations of the runs")
     over.add_argument("--models", nargs="*", default=list(scenarios.MIX))
     over.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    alloc = scenario.add_parser("allocation", help="the four-model mix under static, balance and pareto")
+    alloc.add_argument("--duration", type=float, default=30.0, help="measured seconds per policy")
+    alloc.add_argument("--clients", type=int, default=2, help="closed-loop clients per model")
+    alloc.add_argument("--cores", type=int, default=2)
+    alloc.add_argument("--no-shift", action="store_true", help="skip the load-shift scenario")
+    alloc.add_argument("--out", type=Path, default=DEFAULT_OUT)
     bench.set_defaults(func=run_bench)
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    if args.scenario == "multitenancy":
+    if args.scenario == "allocation":
+        from .allocation import allocation
+
+        result, text = allocation(args.duration, args.clients, cores=args.cores, shift=not args.no_shift)
+    elif args.scenario == "multitenancy":
         result, text = scenarios.multitenancy(args.requests, args.rounds, args.cores)
     else:
         result, text = scenarios.overhead(tuple(args.models), args.concurrency, args.duration, args.instances, args.rounds)

@@ -26,8 +26,6 @@ from .policies import (
     PlanResult,
     balance_placement,
     candidates_for_models,
-    plan,
-    predicted_lam,
     should_switch,
     static_placement,
     update_slowdown,
@@ -35,6 +33,7 @@ from .policies import (
 from .profile import Profile
 from .profiler import current_backend_versions, profile_model
 from .store import ProfileStore, file_hash
+from .timeshare import plan_shared, shared_lam
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +62,8 @@ class Allocator:
         self.monitor = Monitor(engine)
         self.slowdown: dict[str, float] = {}
         self.last_result: PlanResult | None = None
+        # Bytes the planner may give instances; None = the engine's memory budget.
+        self.memory_budget_override: int | None = None
         self._hashes: dict[str, str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -113,10 +114,12 @@ class Allocator:
                 if solo and loads[name].service_ms > 0:
                     self.slowdown[name] = update_slowdown(self.slowdown.get(name, 1.0), loads[name].service_ms, solo)
                     state.placement.extra["slowdown"] = round(self.slowdown[name], 3)  # shown live
-        cores, budget = self.engine.cores, self.engine.manager.memory_budget
-        result = plan(demand, candidates, cores, budget, self.slowdown, current)
+        cores = self.engine.cores
+        budget = self.memory_budget_override or self.engine.manager.memory_budget
+        # The token pool time-shares cores between models: plan under that model of the box.
+        result = plan_shared(demand, candidates, cores, budget, self.slowdown, current)
         self.last_result = result
-        now = predicted_lam(current, demand, candidates, self.slowdown, models=result.placement.keys())
+        now = shared_lam(current, demand, candidates, cores, self.slowdown)
         if not force and not should_switch(now, result.lam, self.min_gain):
             return result
         gain = f"predicted mix rate {now:.1f} -> {result.lam:.1f}/s per share"

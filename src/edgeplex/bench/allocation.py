@@ -1,0 +1,145 @@
+"""The seed paper's experiment: the four-model mix under each allocation policy, through the
+real server, with the same closed-loop load; plus a load shift under `pareto`.
+
+Figures are ratios from one run: pareto/static, pareto/balance and pareto against the capacity
+bound cores / sum(1 / best single-core rate), all measured on this machine in this run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from ..repository import Repository
+from ..tuning.profiler import profile_model
+from ..tuning.store import ProfileStore, default_store_path, file_hash
+from ..zoo import example_inputs
+from . import clients
+from .loadgen import closed_loop
+from .process import ServerProcess, running_server
+from .report import table
+from .scenarios import MIX, _repository_with
+
+POLICIES = ("static", "balance", "pareto")
+
+
+def _placement(server: ServerProcess) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://{server.http_url}/v2/edgeplex/placement", timeout=10) as response:
+        return dict(json.load(response))
+
+
+def _placements_text(server: ServerProcess) -> dict[str, str]:
+    return {
+        m["model"]: " + ".join(f"{g['instances']}x {g['backend']}/t{g['threads']}" for g in m["groups"])
+        for m in _placement(server)["models"]
+    }
+
+
+def capacity_bound(store: ProfileStore, repo: Path, models: tuple[str, ...], cores: int) -> dict[str, Any]:
+    """Per-model rate of an equal-share mix if every core ran each model's best single-core
+    config with no interference: cores / sum over models of 1 / best single-core rate."""
+    best: dict[str, float] = {}
+    for model in models:
+        profiles = store.for_model(file_hash(repo / model / "1" / "model.onnx"))
+        single = [p.throughput for p in profiles if p.config.threads == 1 and p.batch == 1]
+        best[model] = max(single) if single else 0.0
+    bound = cores / sum(1.0 / r for r in best.values()) if all(best.values()) else 0.0
+    return {"best_single_core_rate": {m: round(r, 2) for m, r in best.items()}, "per_model_rate": round(bound, 2)}
+
+
+def allocation(duration_s: float = 30.0, clients_per_model: int = 2, settle_s: float = 8.0, cores: int = 2,
+               shift: bool = True) -> tuple[dict[str, Any], str]:
+    store_path = default_store_path()
+    store = ProfileStore(store_path)
+    repo = _repository_with(MIX, {})
+    inputs = {m: example_inputs(m) for m in MIX}
+    runs: dict[str, Any] = {}
+    try:
+        # Solo profiles first (what pareto plans with, and the capacity bound): only what is missing.
+        repository = Repository(repo)
+        for model in MIX:
+            config = repository.load_config(repository.source(model))
+            profile_model(model, repo / model / "1" / "model.onnx", config, store, cores, iterations=30, max_seconds=2.0)
+        bound = capacity_bound(store, repo, MIX, cores)
+        for policy in POLICIES:
+            with running_server(repo, "--policy", policy, "--profile-store", str(store_path), cores=cores) as server:
+                # Let pareto see the load and settle; the baselines are fixed from the start.
+                closed_loop(clients.grpc(server.grpc_url), inputs, {m: clients_per_model for m in MIX}, duration_s=settle_s)
+                loads = closed_loop(clients.grpc(server.grpc_url), inputs, {m: clients_per_model for m in MIX},
+                                    duration_s=duration_s)
+                per_model = {m: load.summary() for m, load in loads.items()}
+                runs[policy] = {
+                    "per_model": per_model,
+                    "sustained": round(min(load.throughput for load in loads.values()), 2),
+                    "total": round(sum(load.throughput for load in loads.values()), 2),
+                    "errors": sum(len(load.errors) for load in loads.values()),
+                    "placement": _placements_text(server),
+                }
+        shifted = load_shift(repo, store_path, inputs, cores) if shift else None
+    finally:
+        shutil.rmtree(repo, ignore_errors=True)
+
+    sustained = {p: runs[p]["sustained"] for p in POLICIES}
+    result: dict[str, Any] = {
+        "duration_s": duration_s, "clients_per_model": clients_per_model, "cores": cores, "runs": runs, "bound": bound,
+        "pareto_vs_static": round(sustained["pareto"] / sustained["static"], 3) if sustained["static"] else None,
+        "pareto_vs_balance": round(sustained["pareto"] / sustained["balance"], 3) if sustained["balance"] else None,
+        "pareto_vs_bound": round(sustained["pareto"] / bound["per_model_rate"], 3) if bound["per_model_rate"] else None,
+        "load_shift": shifted,
+    }
+    rows = [{"policy": p, **{m: runs[p]["per_model"][m]["throughput"] for m in MIX}, "sustained": runs[p]["sustained"],
+             "errors": runs[p]["errors"]} for p in POLICIES]
+    placements = [{"policy": p, **runs[p]["placement"]} for p in POLICIES]
+    lines = [
+        "## Allocation: the four-model mix under each policy (closed loop, equal clients per model)",
+        "",
+        table(rows, ["policy", *MIX, "sustained", "errors"]),
+        "",
+        "sustained = the per-model rate every model keeps up with (min over models), req/s",
+        f"capacity bound (cores / sum 1/best single-core rate): {bound['per_model_rate']} req/s per model "
+        f"from {bound['best_single_core_rate']}",
+        "",
+        f"pareto / static = **{result['pareto_vs_static']}x** (target >= 3x); pareto / balance = "
+        f"**{result['pareto_vs_balance']}x** (target >= 1.5x); pareto / bound = **{result['pareto_vs_bound']}** "
+        "(target >= 0.9)",
+        "",
+        table(placements, ["policy", *MIX]),
+    ]
+    if shifted:
+        lines += ["", f"load shift: placement changed {shifted['replan_seconds']} s after the shift "
+                      f"(target <= 10 s); requests lost: {shifted['lost']} (must be 0)"]
+    return result, "\n".join(lines)
+
+
+def load_shift(repo: Path, store_path: Path, inputs: dict[str, Any], cores: int, phase_s: float = 15.0) -> dict[str, Any]:
+    """Demand on yolov8n, then moved to magika: seconds until the placement changes; requests lost."""
+    with running_server(repo, "--policy", "pareto", "--profile-store", str(store_path), "--model", "yolov8n",
+                        "--model", "magika", cores=cores) as server:
+        heavy, light = {"yolov8n": 3, "magika": 1}, {"yolov8n": 1, "magika": 3}
+        closed_loop(clients.grpc(server.grpc_url), inputs, heavy, duration_s=phase_s)
+        before = _placements_text(server)
+        changed_at: list[float] = []
+        shifted_at = time.monotonic()
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                if _placements_text(server) != before:
+                    changed_at.append(time.monotonic() - shifted_at)
+                    return
+                time.sleep(0.25)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        loads = closed_loop(clients.grpc(server.grpc_url), inputs, light, duration_s=phase_s)
+        done.set()
+        watcher.join(5)
+        lost = sum(len(load.errors) for load in loads.values())
+        return {"before": before, "after": _placements_text(server),
+                "replan_seconds": round(changed_at[0], 2) if changed_at else None, "lost": lost,
+                "answered": sum(load.completed for load in loads.values())}

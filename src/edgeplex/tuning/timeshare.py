@@ -1,0 +1,139 @@
+"""The pareto planner for time-shared processors — how edgeplex's executor really runs.
+
+An instance does not own cores: it holds its threads' tokens only while it computes, so the
+models on a processor share its core-time. A request of model m under config c costs
+u = threads / rate core-seconds (rate: solo requests/s of one instance; divided by the observed
+slowdown s). An equal-share mix at λ requests/s per unit of demand is feasible when, on every
+processor p,   Σ_m λ·d_m·u(m, c_m) / s_m  ≤  capacity_p,
+and when each model has instances enough to run that fast: λ·d_m ≤ n_m·rate·s_m. Instances
+beyond what the processor can run at once only cost memory, so each model gets as many as its
+processor can use (capacity // threads), fewer where the memory budget binds.
+
+(`policies.plan` solves the partitioned variant, where instances own their cores.)
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Mapping
+
+from ..engine.placement import InstanceGroup, ModelPlacement, Placement
+from .policies import Candidate, PlanResult, shares, slowdown_of
+
+SEARCH_LIMIT = 50_000  # config combinations tried exhaustively; beyond, per-model best choice
+
+
+def plan_shared(
+    demand: Mapping[str, float],
+    candidates: Mapping[str, list[Candidate]],
+    cores: int,
+    memory_budget: int | None,
+    slowdown: Mapping[str, float] | None = None,
+    current: Placement | None = None,
+    capacities: Mapping[str, int] | None = None,
+) -> PlanResult:
+    """One config per model and its instance count, maximising λ (ties: keep the current
+    config, then use less memory); models that cannot fit at all are reported in `unplaced`."""
+    models = sorted(m for m in set(demand) | set(candidates) if candidates.get(m))
+    unplaced = {m: "no candidate config (not profiled, or none meets its slo_ms / fidelity bound)"
+                for m in set(demand) | set(candidates) if not candidates.get(m)}
+    d = shares(demand, models)
+    caps = {**(capacities or {}), "cpu": cores}
+    choices = [candidates[m] for m in models]
+    combos = math.prod(len(c) for c in choices)
+    pool: Iterator[tuple[Candidate, ...]]
+    if combos <= SEARCH_LIMIT:
+        pool = itertools.product(*choices)
+    else:  # each model's most core-efficient config alone
+        pool = iter([tuple(min(c, key=lambda x: _cost(x, m, slowdown)) for m, c in zip(models, choices))])
+    best: tuple[tuple[float, int, int], dict[str, tuple[Candidate, int]]] | None = None
+    for combo in pool:
+        chosen = dict(zip(models, combo))
+        counts = _instances(chosen, caps, memory_budget, d)
+        if counts is None:
+            continue
+        lam = _lam(chosen, counts, d, caps, slowdown)
+        kept = sum(1 for m, c in chosen.items() if current and m in current and
+                   any(g.config == c.config for g in current[m].groups))
+        memory = sum(c.memory_bytes * counts[m] for m, c in chosen.items())
+        score = (round(lam, 9), kept, -memory)
+        if best is None or score > best[0]:
+            best = (score, {m: (c, counts[m]) for m, c in chosen.items()})
+    if best is None:
+        for m in models:
+            unplaced[m] = "no combination of configs fits the memory budget"
+        return PlanResult({}, 0.0, {}, unplaced, "timeshare")
+    return _result(best[1], d, caps, slowdown, unplaced)
+
+
+def shared_lam(
+    placement: Placement, demand: Mapping[str, float], candidates: Mapping[str, list[Candidate]], cores: int,
+    slowdown: Mapping[str, float] | None = None, capacities: Mapping[str, int] | None = None,
+) -> float:
+    """λ of an existing placement under this model (for hysteresis: like against like); a model
+    whose config has no candidate counts as unable to serve (λ = 0)."""
+    models = [m for m in placement if candidates.get(m)]
+    d = shares(demand, models)
+    chosen: dict[str, Candidate] = {}
+    counts: dict[str, int] = {}
+    for m in models:
+        by_config = {c.config: c for c in candidates[m]}
+        groups = [g for g in placement[m].groups if g.config in by_config]
+        if not groups:
+            return 0.0
+        main = max(groups, key=lambda g: g.count)
+        chosen[m], counts[m] = by_config[main.config], sum(g.count for g in groups)
+    return _lam(chosen, counts, d, {**(capacities or {}), "cpu": cores}, slowdown) if chosen else 0.0
+
+
+def _cost(c: Candidate, model: str, slowdown: Mapping[str, float] | None) -> float:
+    """Core-seconds one request takes (threads / effective rate)."""
+    return c.threads / (c.rate * slowdown_of(slowdown, model, c.config.processor))
+
+
+def _instances(chosen: dict[str, Candidate], caps: Mapping[str, int], budget: int | None,
+               d: Mapping[str, float]) -> dict[str, int] | None:
+    """As many instances as each processor can run at once, trimmed to the memory budget where
+    they are least needed: the least demand per instance first, then the largest."""
+    counts = {m: max(1, caps.get(c.config.processor, 1) // c.threads) for m, c in chosen.items()}
+    if budget is None:
+        return counts
+    while sum(chosen[m].memory_bytes * n for m, n in counts.items()) > budget:
+        trimmable = [m for m, n in counts.items() if n > 1]
+        if not trimmable:
+            return None
+        worst = min(trimmable, key=lambda m: (d.get(m, 0.0) / counts[m], -chosen[m].memory_bytes))
+        counts[worst] -= 1
+    return counts
+
+
+def _lam(chosen: dict[str, Candidate], counts: dict[str, int], d: Mapping[str, float], caps: Mapping[str, int],
+         slowdown: Mapping[str, float] | None) -> float:
+    lam = math.inf
+    load: dict[str, float] = {}
+    for m, c in chosen.items():
+        if d.get(m, 0.0) <= 0:
+            continue
+        load[c.config.processor] = load.get(c.config.processor, 0.0) + d[m] * _cost(c, m, slowdown)
+        lam = min(lam, counts[m] * c.rate * slowdown_of(slowdown, m, c.config.processor) / d[m])
+    for processor, used in load.items():
+        lam = min(lam, caps.get(processor, 1) / used)
+    return 0.0 if lam == math.inf else lam
+
+
+def _result(best: dict[str, tuple[Candidate, int]], d: Mapping[str, float], caps: Mapping[str, int],
+            slowdown: Mapping[str, float] | None, unplaced: dict[str, str]) -> PlanResult:
+    chosen = {m: c for m, (c, _) in best.items()}
+    counts = {m: n for m, (_, n) in best.items()}
+    lam = _lam(chosen, counts, d, caps, slowdown)
+    placement: Placement = {}
+    capacity: dict[str, float] = {}
+    for m, (c, n) in best.items():
+        share = d.get(m, 0.0)
+        capacity[m] = lam * share if share > 0 else 0.0
+        cfg = c.config
+        why = (f"{n}x {cfg.backend}/{cfg.processor}/{cfg.variant} t{c.threads}: {1000 * _cost(c, m, slowdown):.1f} "
+               f"core-ms per request, the least core-time of its {len(chosen)}-model mix choice")
+        placement[m] = ModelPlacement(m, [InstanceGroup(cfg, n)], capacity[m], why, {"share": share})
+    return PlanResult(placement, lam, capacity, unplaced, "timeshare")

@@ -1,0 +1,69 @@
+"""The time-shared planner on hand-made candidates with known answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeplex.backends import ExecutionConfig
+from edgeplex.engine.placement import InstanceGroup, ModelPlacement
+from edgeplex.tuning.policies import Candidate
+from edgeplex.tuning.timeshare import plan_shared, shared_lam
+
+
+def cand(backend: str, threads: int, rate: float, memory: int = 10, processor: str = "cpu") -> Candidate:
+    return Candidate(ExecutionConfig(backend, processor, "fp32", threads, 8), rate, threads, memory)
+
+
+MIX = {
+    # OpenVINO is faster for the detector, ONNX Runtime for the classifier; two threads never pay.
+    "det": [cand("onnxruntime", 1, 40), cand("openvino", 1, 70), cand("openvino", 2, 100)],
+    "cls": [cand("onnxruntime", 1, 120), cand("openvino", 1, 100), cand("onnxruntime", 2, 200)],
+}
+
+
+def test_each_model_gets_its_least_core_time_config_and_the_bound_is_met() -> None:
+    result = plan_shared({"det": 1, "cls": 1}, MIX, cores=2, memory_budget=None)
+    chosen = {m: (p.groups[0].config.backend, p.groups[0].config.threads, p.groups[0].count)
+              for m, p in result.placement.items()}
+    assert chosen == {"det": ("openvino", 1, 2), "cls": ("onnxruntime", 1, 2)}
+    # λ = cores / Σ d·u = 2 / (1/70 + 1/120): the capacity bound of this mix.
+    assert result.lam == pytest.approx(2 / (1 / 70 + 1 / 120))
+
+
+def test_demand_weights_the_shared_cores() -> None:
+    result = plan_shared({"det": 3, "cls": 1}, MIX, cores=2, memory_budget=None)
+    assert result.lam == pytest.approx(2 / (3 / 70 + 1 / 120))
+    assert result.capacity["det"] == pytest.approx(3 * result.lam)
+
+
+def test_memory_budget_trims_instances_where_demand_is_least() -> None:
+    result = plan_shared({"det": 5, "cls": 1}, MIX, cores=2, memory_budget=30)
+    counts = {m: p.groups[0].count for m, p in result.placement.items()}
+    assert counts == {"det": 2, "cls": 1}
+    # Too little memory for one instance each: nothing can be placed.
+    assert plan_shared({"det": 1}, {"det": MIX["det"]}, cores=2, memory_budget=5).unplaced
+
+
+def test_slowdown_and_a_missing_profile() -> None:
+    result = plan_shared({"det": 1, "cls": 1, "new": 1}, {**MIX, "new": []}, cores=2, memory_budget=None,
+                         slowdown={"det": 0.5})
+    assert "new" in result.unplaced and "not profiled" in result.unplaced["new"]
+    assert result.lam == pytest.approx(2 / (1 / 35 + 1 / 120))
+
+
+def test_shared_lam_scores_the_current_placement_like_the_planner() -> None:
+    best = plan_shared({"det": 1, "cls": 1}, MIX, cores=2, memory_budget=None)
+    assert shared_lam(best.placement, {"det": 1, "cls": 1}, MIX, cores=2) == pytest.approx(best.lam)
+    worse = {m: ModelPlacement(m, [InstanceGroup(ExecutionConfig("onnxruntime", "cpu", "fp32", 1, 8), 2)])
+             for m in ("det", "cls")}
+    assert shared_lam(worse, {"det": 1, "cls": 1}, MIX, cores=2) == pytest.approx(2 / (1 / 40 + 1 / 120))
+    unknown = {"det": ModelPlacement("det", [InstanceGroup(ExecutionConfig("tvm", "cpu", "fp32", 1, 8), 1)])}
+    assert shared_lam(unknown, {"det": 1}, MIX, cores=2) == 0.0
+
+
+def test_an_accelerator_is_its_own_processor() -> None:
+    gpu = {"det": [cand("onnxruntime", 1, 40), cand("onnxruntime", 1, 400, processor="cuda:0")], "cls": MIX["cls"]}
+    result = plan_shared({"det": 1, "cls": 1}, gpu, cores=2, memory_budget=None, capacities={"cuda:0": 1})
+    assert result.placement["det"].groups[0].config.processor == "cuda:0"
+    # cls alone on the two CPU cores: 2 x 120/s; det on the GPU: 400/s.
+    assert result.lam == pytest.approx(240)
