@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import threading
 import time
 import urllib.request
@@ -17,7 +18,7 @@ from typing import Any
 
 from ..repository import Repository
 from ..tuning.profiler import profile_model
-from ..tuning.store import ProfileStore, default_store_path, file_hash
+from ..tuning.store import ProfileStore, file_hash
 from ..zoo import example_inputs
 from . import clients
 from .loadgen import closed_loop
@@ -53,8 +54,11 @@ def capacity_bound(store: ProfileStore, repo: Path, models: tuple[str, ...], cor
 
 
 def allocation(duration_s: float = 30.0, clients_per_model: int = 2, settle_s: float = 8.0, cores: int = 2,
-               shift: bool = True) -> tuple[dict[str, Any], str]:
-    store_path = default_store_path()
+               shift: bool = True, store_path: Path | None = None) -> tuple[dict[str, Any], str]:
+    """`store_path` None: a fresh profile store, measured in this run (solo, before any load),
+    so that pareto's inputs and the capacity bound come from the same machine state."""
+    scratch = Path(tempfile.mkdtemp(prefix="edgeplex-alloc-"))
+    store_path = store_path or scratch / "profiles.sqlite"
     store = ProfileStore(store_path)
     repo = _repository_with(MIX, {})
     inputs = {m: example_inputs(m) for m in MIX}
@@ -66,6 +70,7 @@ def allocation(duration_s: float = 30.0, clients_per_model: int = 2, settle_s: f
             config = repository.load_config(repository.source(model))
             profile_model(model, repo / model / "1" / "model.onnx", config, store, cores, iterations=30, max_seconds=2.0)
         bound = capacity_bound(store, repo, MIX, cores)
+        profiles = {m: [p.as_dict() for p in store.for_model(file_hash(repo / m / "1" / "model.onnx"))] for m in MIX}
         for policy in POLICIES:
             with running_server(repo, "--policy", policy, "--profile-store", str(store_path), cores=cores) as server:
                 # Let pareto see the load and settle; the baselines are fixed from the start.
@@ -83,10 +88,12 @@ def allocation(duration_s: float = 30.0, clients_per_model: int = 2, settle_s: f
         shifted = load_shift(repo, store_path, inputs, cores) if shift else None
     finally:
         shutil.rmtree(repo, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
 
     sustained = {p: runs[p]["sustained"] for p in POLICIES}
     result: dict[str, Any] = {
         "duration_s": duration_s, "clients_per_model": clients_per_model, "cores": cores, "runs": runs, "bound": bound,
+        "profiles": profiles,
         "pareto_vs_static": round(sustained["pareto"] / sustained["static"], 3) if sustained["static"] else None,
         "pareto_vs_balance": round(sustained["pareto"] / sustained["balance"], 3) if sustained["balance"] else None,
         "pareto_vs_bound": round(sustained["pareto"] / bound["per_model_rate"], 3) if bound["per_model_rate"] else None,
