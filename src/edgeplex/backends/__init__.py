@@ -5,8 +5,9 @@ from __future__ import annotations
 from ..errors import BackendError
 from .base import Backend, ExecutionConfig, Session
 from .onnxruntime import OnnxRuntimeBackend
+from .openvino import OpenVinoBackend
 
-_BACKENDS: dict[str, Backend] = {"onnxruntime": OnnxRuntimeBackend()}
+_BACKENDS: dict[str, Backend] = {"onnxruntime": OnnxRuntimeBackend(), "openvino": OpenVinoBackend()}
 
 
 def get_backend(name: str) -> Backend:
