@@ -23,8 +23,6 @@ from edgeplex.backends.openvino import OpenVinoBackend, OpenVinoSession
 from edgeplex.engine import Engine, InferRequest
 from edgeplex.errors import BackendError, InvalidInput
 
-pytest.importorskip("openvino")
-
 OV = ExecutionConfig(backend="openvino", threads=1)
 ORT = ExecutionConfig(backend="onnxruntime", threads=1)
 X = np.arange(12, dtype=np.float32).reshape(3, 4) - 5.5
