@@ -174,3 +174,22 @@ def test_placement_report_shows_groups_memory_and_the_last_decision(tmp_path: Pa
     assert entry["last_decision"]["reason"] == "bottleneck: add"
     assert "2x" not in entry["last_decision"]["placement"] and "onnxruntime/cpu/fp32/t2" in entry["last_decision"]["placement"]
     engine.close()
+
+
+def test_a_count_change_keeps_the_serving_instances_and_opens_only_the_missing(tmp_path: Path) -> None:
+    add_model(tmp_path / "add" / "1" / "model.onnx")
+    write_config(tmp_path / "add", max_batch_size=8)
+    engine = Engine(tmp_path, cores=2)
+    engine.load_all()
+    runner = engine.manager.runner("add")
+    (first,) = runner.instances
+    engine.apply(placement("add", (1, 2)))
+    assert len(runner.instances) == 2 and runner.instances[0] is first  # kept, one more opened
+    engine.apply(placement("add", (1, 1)))
+    (left,) = runner.instances
+    assert left is first
+    engine.apply(placement("add", (2, 1)))  # another config: a new instance, the old one retires
+    (new,) = runner.instances
+    assert new is not first and new.config.threads == 2
+    np.testing.assert_array_equal(engine.infer(InferRequest("add", {"x": X})).outputs["y"], X + X)
+    engine.close()

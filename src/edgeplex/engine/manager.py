@@ -150,7 +150,7 @@ class ModelManager:
                 config = self.repository.load_config(source)
                 if state.placement is None or not serving:
                     state.placement = state.placement or default_placement(config)
-                self._install(state, source, config, state.placement)
+                self._install(state, source, config, state.placement, reuse=False)
         except EdgeplexError as exc:
             with self._lock:
                 if not serving:
@@ -178,7 +178,7 @@ class ModelManager:
                 return
             state.placement = placement
             if state.state == READY and state.config is not None:
-                self._install(state, self.repository.source(placement.model), state.config, placement)
+                self._install(state, self.repository.source(placement.model), state.config, placement, reuse=True)
 
     def unload(self, name: str, reason: str = "unloaded", evicted: bool = False) -> None:
         """Stop taking requests for `name`, finish those queued, release its sessions."""
@@ -203,10 +203,18 @@ class ModelManager:
                 self.unload(state.name)
 
     # -- internals -----------------------------------------------------------------------------
-    def _install(self, state: ModelState, source: ModelSource, config: ModelConfig, placement: ModelPlacement) -> None:
-        """Open `placement`'s instances for every version and hand them to the runners."""
-        self._make_room(state, self._estimate(state, source, config, placement))
-        opened = self._open(source, config, placement)
+    def _install(
+        self, state: ModelState, source: ModelSource, config: ModelConfig, placement: ModelPlacement, reuse: bool
+    ) -> None:
+        """Give every version's runner `placement`'s instances. With `reuse` (a placement change)
+        those it already has under the same config are kept and only the missing ones are opened
+        and warmed before the surplus retires: a count change costs no reload and no memory
+        spike. Without (a reload), every instance is opened afresh from the files."""
+        plan = {str(v): _reuse(state.runners.get(str(v)) if reuse and state.state == READY else None, placement)
+                for v in source.versions}
+        to_open = {v: missing for v, (_, missing) in plan.items()}
+        self._make_room(state, self._estimate(state, source, config, sum(n for m in to_open.values() for _, n in m)))
+        opened = self._open(source, config, to_open)
         grown = sum(inst.memory_bytes for instances in opened.values() for inst in instances)
         try:
             self._make_room(state, grown)  # measured now: make room for what it really took
@@ -218,9 +226,10 @@ class ModelManager:
         with self._lock:
             state.config = config
             for version, instances in opened.items():
+                kept = plan[version][0]
                 runner = state.runners.get(version)
                 if runner is not None and state.state == READY:
-                    runner.replace_instances(instances)
+                    runner.replace_instances(kept + instances)
                 else:
                     stats = state.stats.get(version)
                     runner = ModelRunner(config, version, instances, self.pools["cpu"], stats)
@@ -236,16 +245,15 @@ class ModelManager:
             placement.reason or "no reason given",
         )
 
-    def _estimate(self, state: ModelState, source: ModelSource, config: ModelConfig, placement: ModelPlacement) -> int:
-        """Bytes the new instances will take: the last measurement, else the file's size (its
-        weights at least); a wrong guess is corrected once the load has been measured."""
-        instances = sum(group.count for group in placement.groups)
+    def _estimate(self, state: ModelState, source: ModelSource, config: ModelConfig, instances: int) -> int:
+        """Bytes `instances` new instances will take: the last measurement, else the file's size
+        (its weights at least); a wrong guess is corrected once the load has been measured."""
         if state.memory_bytes and state.runners:
             per_instance = state.memory_bytes // max(1, sum(len(r.instances) for r in state.runners.values()))
         else:
             latest = source.versions[max(source.versions)] / config.default_model_filename
             per_instance = latest.stat().st_size if latest.is_file() else 0
-        return per_instance * instances * max(1, len(source.versions))
+        return per_instance * instances
 
     def _make_room(self, loading: ModelState, need: int) -> None:
         """Evict least recently used models (not pinned, not busy) until `need` more bytes fit."""
@@ -267,17 +275,20 @@ class ModelManager:
             victim = min(candidates, key=lambda s: s.last_used)
             self.unload(victim.name, EVICTED_REASON, evicted=True)
 
-    def _open(self, source: ModelSource, config: ModelConfig, placement: ModelPlacement) -> dict[str, list[Instance]]:
+    def _open(
+        self, source: ModelSource, config: ModelConfig, wanted: dict[str, list[tuple[ExecutionConfig, int]]]
+    ) -> dict[str, list[Instance]]:
+        """Open `wanted[version]` instances (config, count) of each version, all or none."""
         opened: dict[str, list[Instance]] = {}
         try:
             for version, folder in sorted(source.versions.items()):
                 instances: list[Instance] = []
                 opened[str(version)] = instances
-                for group in placement.groups:
-                    backend = get_backend(group.config.backend)
-                    path = model_file(folder, config, group.config)
-                    for _ in range(group.count):
-                        instances.append(self._open_instance(backend, path, group.config, config))
+                for exec_config, count in wanted.get(str(version), []):
+                    backend = get_backend(exec_config.backend)
+                    path = model_file(folder, config, exec_config)
+                    for _ in range(count):
+                        instances.append(self._open_instance(backend, path, exec_config, config))
         except BaseException:
             # A later version or instance failed: release what was opened.
             for instances in opened.values():
@@ -307,6 +318,23 @@ def model_file(folder: Path, config: ModelConfig, exec_config: ExecutionConfig) 
     if not path.is_file():
         raise BackendError(f"model '{config.name}': {path} is missing")
     return path
+
+
+def _reuse(
+    runner: ModelRunner | None, placement: ModelPlacement
+) -> tuple[list[Instance], list[tuple[ExecutionConfig, int]]]:
+    """(instances of `runner` that `placement` keeps, (config, count) still to open)."""
+    spare = list(runner.instances) if runner is not None else []
+    kept: list[Instance] = []
+    missing: list[tuple[ExecutionConfig, int]] = []
+    for group in placement.groups:
+        same = [inst for inst in spare if inst.config == group.config][: group.count]
+        for inst in same:
+            spare.remove(inst)
+        kept += same
+        if group.count > len(same):
+            missing.append((group.config, group.count - len(same)))
+    return kept, missing
 
 
 def _describe(placement: ModelPlacement) -> str:

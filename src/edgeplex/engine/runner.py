@@ -86,19 +86,23 @@ class ModelRunner:
         return self._in_flight > 0
 
     def replace_instances(self, instances: list[Instance]) -> None:
-        """Serve from `instances` from now on: their threads start before the old ones retire,
-        so the queue is never without a server; the old sessions close once their thread ends."""
+        """Serve from `instances` from now on. Those already serving keep their thread; new ones
+        start before the others retire, so the queue is never without a server; a retired
+        instance's session closes once its thread has finished its current job."""
         if not instances:
             raise ValueError(f"model '{self.config.name}': a runner needs at least one instance")
         with self._lock:
-            old = self._workers
-            self._workers = []
+            serving = {id(worker.instance): worker for worker in self._workers}
+            workers = []
             for instance in instances:
-                self._serial += 1
-                worker = _Worker(self, instance, f"edgeplex-{self.config.name}-{self.version}-{self._serial}")
-                self._workers.append(worker)
-                worker.thread.start()
-        for worker in old:
+                worker = serving.pop(id(instance), None)
+                if worker is None:
+                    self._serial += 1
+                    worker = _Worker(self, instance, f"edgeplex-{self.config.name}-{self.version}-{self._serial}")
+                    worker.thread.start()
+                workers.append(worker)
+            self._workers = workers
+        for worker in serving.values():
             worker.retired.set()
         self.queue.wake_all()
 

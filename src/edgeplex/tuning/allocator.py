@@ -166,7 +166,15 @@ class Allocator:
         return {s.name: s.config for s in self.engine.models() if s.state == "READY" and s.config is not None}
 
     def _apply_all(self, placement: Placement) -> None:
-        for name, model_placement in placement.items():
+        """Apply model by model, those that shrink first: memory they free is there for the rest."""
+
+        def growth(name: str) -> int:
+            state = self.engine.manager.state(name)
+            now = sum(g.count for g in state.placement.groups) if state.placement else 0
+            return sum(g.count for g in placement[name].groups) - now
+
+        for name in sorted(placement, key=growth):
+            model_placement = placement[name]
             if self._stop.is_set():
                 return
             try:

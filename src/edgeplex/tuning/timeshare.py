@@ -134,6 +134,6 @@ def _result(best: dict[str, tuple[Candidate, int]], d: Mapping[str, float], caps
         capacity[m] = lam * share if share > 0 else 0.0
         cfg = c.config
         why = (f"{n}x {cfg.backend}/{cfg.processor}/{cfg.variant} t{c.threads}: {1000 * _cost(c, m, slowdown):.1f} "
-               f"core-ms per request, the least core-time of its {len(chosen)}-model mix choice")
+               f"core-ms per request (the best of its configs for the {len(chosen)}-model mix)")
         placement[m] = ModelPlacement(m, [InstanceGroup(cfg, n)], capacity[m], why, {"share": share})
     return PlanResult(placement, lam, capacity, unplaced, "timeshare")
