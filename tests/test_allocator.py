@@ -62,7 +62,8 @@ def test_balance_puts_an_instance_on_every_backend(engine: Engine) -> None:
 
 def test_pareto_plans_from_profiles_and_follows_a_demand_shift(tmp_path: Path) -> None:
     # Room for three 10 MB instances: each model keeps one, the third follows the demand.
-    engine = Engine(_repo(tmp_path / "repo"), cores=2)
+    # The planner keeps 20 % of the budget for warm swaps: 3 x 10 MB of instances to plan with.
+    engine = Engine(_repo(tmp_path / "repo"), cores=2, memory_budget=int(3 * 10_000_000 / 0.8) + 1)
     engine.load_all()
     store = ProfileStore(tmp_path / "profiles.sqlite")
     repo = engine.manager.repository.root
@@ -72,7 +73,6 @@ def test_pareto_plans_from_profiles_and_follows_a_demand_shift(tmp_path: Path) -
         for threads, rate in rates.items():
             store.put(_profile(model, repo / model / "1" / "model.onnx", "onnxruntime", threads, rate))
     allocator = Allocator(engine, "pareto", store, profile_missing=False)
-    allocator.memory_budget_override = 3 * 10_000_000
     first = allocator.step(force=True)
     assert first is not None and set(first.placement) == {"a", "b"}
     # The least core-time per request: t1 for both; no traffic yet, so equal shares.

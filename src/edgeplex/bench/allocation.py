@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..repository import Repository
+from ..tuning.allocator import SWAP_HEADROOM
 from ..tuning.profiler import profile_model
 from ..tuning.store import ProfileStore, file_hash
 from ..zoo import example_inputs
@@ -118,16 +119,27 @@ def allocation(duration_s: float = 30.0, clients_per_model: int = 2, settle_s: f
         table(placements, ["policy", *MIX]),
     ]
     if shifted:
-        lines += ["", f"load shift: placement changed {shifted['replan_seconds']} s after the shift "
-                      f"(target <= 10 s); requests lost: {shifted['lost']} (must be 0)"]
+        lines += ["", f"load shift (yolov8n -> magika, memory budget {shifted['memory_budget'] / 1e6:.0f} MB): "
+                      f"placement changed {shifted['replan_seconds']} s after the shift (target <= 10 s), "
+                      f"{shifted['before']} -> {shifted['after']}; requests lost: {shifted['lost']} of "
+                      f"{shifted['answered'] + shifted['lost']} (must be 0)"]
     return result, "\n".join(lines)
 
 
 def load_shift(repo: Path, store_path: Path, inputs: dict[str, Any], cores: int, phase_s: float = 15.0) -> dict[str, Any]:
-    """Demand on yolov8n, then moved to magika: seconds until the placement changes; requests lost."""
+    """Demand mostly on yolov8n, then all on magika, under a memory budget with room for three
+    instances of the two (so the instances must follow the demand): seconds until the
+    placement changes after the shift, and requests lost (every request must be answered)."""
+    store = ProfileStore(store_path)
+    memory = {}
+    for model in ("yolov8n", "magika"):  # the memory of the config pareto will choose
+        profiles = [p for p in store.for_model(file_hash(repo / model / "1" / "model.onnx")) if p.batch == 1]
+        memory[model] = min(profiles, key=lambda p: p.config.threads / p.throughput).memory_bytes
+    planned = int((sum(memory.values()) + max(memory.values())) * 1.05)
+    budget = int(planned / (1 - SWAP_HEADROOM)) + 1
     with running_server(repo, "--policy", "pareto", "--profile-store", str(store_path), "--model", "yolov8n",
-                        "--model", "magika", cores=cores) as server:
-        heavy, light = {"yolov8n": 3, "magika": 1}, {"yolov8n": 1, "magika": 3}
+                        "--model", "magika", "--memory-budget", str(budget), cores=cores) as server:
+        heavy, light = {"yolov8n": 3, "magika": 1}, {"magika": 4}  # then yolov8n falls idle
         closed_loop(clients.grpc(server.grpc_url), inputs, heavy, duration_s=phase_s)
         before = _placements_text(server)
         changed_at: list[float] = []
@@ -147,6 +159,7 @@ def load_shift(repo: Path, store_path: Path, inputs: dict[str, Any], cores: int,
         done.set()
         watcher.join(5)
         lost = sum(len(load.errors) for load in loads.values())
-        return {"before": before, "after": _placements_text(server),
+        return {"memory_budget": budget, "before": before, "after": _placements_text(server),
                 "replan_seconds": round(changed_at[0], 2) if changed_at else None, "lost": lost,
-                "answered": sum(load.completed for load in loads.values())}
+                "answered": sum(load.completed for load in loads.values()),
+                "error_samples": [e for load in loads.values() for e in load.errors][:3]}

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 POLICIES = ("static", "balance", "pareto")
 BACKGROUND_PRIORITY = 16  # profiling waits behind every request for cores
+SWAP_HEADROOM = 0.2  # share of the memory budget left free for the instances a swap opens
 
 
 class Allocator:
@@ -62,8 +63,7 @@ class Allocator:
         self.monitor = Monitor(engine)
         self.slowdown: dict[str, float] = {}
         self.last_result: PlanResult | None = None
-        # Bytes the planner may give instances; None = the engine's memory budget.
-        self.memory_budget_override: int | None = None
+
         self._hashes: dict[str, str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -115,11 +115,16 @@ class Allocator:
                     self.slowdown[name] = update_slowdown(self.slowdown.get(name, 1.0), loads[name].service_ms, solo)
                     state.placement.extra["slowdown"] = round(self.slowdown[name], 3)  # shown live
         cores = self.engine.cores
-        budget = self.memory_budget_override or self.engine.manager.memory_budget
+        budget = self.engine.manager.memory_budget
+        if budget is not None:  # plan within part of it: a warm swap holds old and new at once
+            budget = int(budget * (1 - SWAP_HEADROOM))
         # The token pool time-shares cores between models: plan under that model of the box.
         result = plan_shared(demand, candidates, cores, budget, self.slowdown, current)
         self.last_result = result
         now = shared_lam(current, demand, candidates, cores, self.slowdown)
+        log.debug("plan: demand %s, slowdown %s: current %.3f, planned %.3f (%s)",
+                  {m: round(v, 1) for m, v in demand.items()}, {m: round(v, 2) for m, v in self.slowdown.items()},
+                  now, result.lam, {m: p.groups[0].count for m, p in result.placement.items()})
         if not force and not should_switch(now, result.lam, self.min_gain):
             return result
         gain = f"predicted mix rate {now:.1f} -> {result.lam:.1f}/s per share"

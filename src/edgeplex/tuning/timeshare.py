@@ -50,7 +50,7 @@ def plan_shared(
     best: tuple[tuple[float, int, int], dict[str, tuple[Candidate, int]]] | None = None
     for combo in pool:
         chosen = dict(zip(models, combo))
-        counts = _instances(chosen, caps, memory_budget, d)
+        counts = _instances(chosen, caps, memory_budget, d, slowdown)
         if counts is None:
             continue
         lam = _lam(chosen, counts, d, caps, slowdown)
@@ -93,9 +93,9 @@ def _cost(c: Candidate, model: str, slowdown: Mapping[str, float] | None) -> flo
 
 
 def _instances(chosen: dict[str, Candidate], caps: Mapping[str, int], budget: int | None,
-               d: Mapping[str, float]) -> dict[str, int] | None:
-    """As many instances as each processor can run at once, trimmed to the memory budget where
-    they are least needed: the least demand per instance first, then the largest."""
+               d: Mapping[str, float], slowdown: Mapping[str, float] | None) -> dict[str, int] | None:
+    """As many instances as each processor can run at once, then, while over the memory budget,
+    one instance less where that costs λ least (ties: where it frees the most memory)."""
     counts = {m: max(1, caps.get(c.config.processor, 1) // c.threads) for m, c in chosen.items()}
     if budget is None:
         return counts
@@ -103,8 +103,12 @@ def _instances(chosen: dict[str, Candidate], caps: Mapping[str, int], budget: in
         trimmable = [m for m, n in counts.items() if n > 1]
         if not trimmable:
             return None
-        worst = min(trimmable, key=lambda m: (d.get(m, 0.0) / counts[m], -chosen[m].memory_bytes))
-        counts[worst] -= 1
+
+        def after_trim(m: str) -> tuple[float, int]:
+            trial = {**counts, m: counts[m] - 1}
+            return _lam(chosen, trial, d, caps, slowdown), chosen[m].memory_bytes
+
+        counts[max(trimmable, key=after_trim)] -= 1
     return counts
 
 
