@@ -67,3 +67,12 @@ def test_an_accelerator_is_its_own_processor() -> None:
     assert result.placement["det"].groups[0].config.processor == "cuda:0"
     # cls alone on the two CPU cores: 2 x 120/s; det on the GPU: 400/s.
     assert result.lam == pytest.approx(240)
+
+
+def test_instances_are_trimmed_where_it_costs_the_mix_least() -> None:
+    # Room for three instances. Trimming by demand per instance would take the detector down to
+    # one (53/2 < 57/2) and leave it the bottleneck at 40/53; one classifier costs far less.
+    mix = {"det": [cand("onnxruntime", 1, 40, memory=30)], "cls": [cand("onnxruntime", 1, 120, memory=8)]}
+    result = plan_shared({"det": 53, "cls": 57}, mix, cores=2, memory_budget=68)
+    assert {m: p.groups[0].count for m, p in result.placement.items()} == {"det": 2, "cls": 1}
+    assert result.lam == pytest.approx(2 / (53 / 40 + 57 / 120))
