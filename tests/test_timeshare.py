@@ -76,3 +76,44 @@ def test_instances_are_trimmed_where_it_costs_the_mix_least() -> None:
     result = plan_shared({"det": 53, "cls": 57}, mix, cores=2, memory_budget=68)
     assert {m: p.groups[0].count for m, p in result.placement.items()} == {"det": 2, "cls": 1}
     assert result.lam == pytest.approx(2 / (53 / 40 + 57 / 120))
+
+
+def _brute_force(demand: dict[str, float], mix: dict[str, list[Candidate]], cores: int, budget: int | None) -> float:
+    """λ of the best (config, instance count) per model, by enumeration, under the same model."""
+    import itertools
+    import math
+
+    models = sorted(mix)
+    options = [[(c, n) for c in mix[m] for n in range(1, max(1, cores // c.threads) + 1)] for m in models]
+    best = 0.0
+    for combo in itertools.product(*options):
+        if budget is not None and sum(c.memory_bytes * n for c, n in combo) > budget:
+            continue
+        lam, used = math.inf, 0.0
+        for m, (c, n) in zip(models, combo):
+            if demand[m] > 0:
+                used += demand[m] * c.threads / c.rate
+                lam = min(lam, n * c.rate / demand[m])
+        best = max(best, min(lam, cores / used) if used else 0.0)
+    return best
+
+
+def test_matches_brute_force_on_random_mixes() -> None:
+    import random
+
+    rng = random.Random(7)
+    for _ in range(300):
+        cores = rng.choice([2, 3, 4])
+        mix = {
+            f"m{i}": [cand(rng.choice(["onnxruntime", "openvino"]) + str(j), rng.randint(1, cores),
+                           rng.uniform(10, 200), memory=rng.randint(5, 40)) for j in range(rng.randint(1, 3))]
+            for i in range(rng.randint(1, 3))
+        }
+        demand = {m: rng.choice([0.0, rng.uniform(1, 100)]) for m in mix}
+        if not any(demand.values()):
+            demand = dict.fromkeys(mix, 1.0)
+        budget = rng.choice([None, rng.randint(20, 150)])
+        expected = _brute_force(demand, mix, cores, budget)
+        result = plan_shared(demand, mix, cores, budget)
+        got = result.lam if not result.unplaced else 0.0
+        assert got == pytest.approx(expected, rel=1e-9, abs=1e-9), (cores, budget, demand, mix)
