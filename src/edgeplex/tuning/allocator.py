@@ -3,7 +3,7 @@ mix sustain the most, from profiles, measured demand and the slowdown observed w
 models run together.
 
 Every `interval_s`: Monitor (demand, observed service time) -> observed slowdown per model ->
-`policies.plan` -> applied only when the predicted gain is worth a switch (hysteresis). The
+`timeshare.plan_shared` -> applied only when the predicted gain is worth a switch (hysteresis). The
 request path never waits on it; a placement change is a warm swap.
 """
 

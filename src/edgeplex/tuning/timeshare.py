@@ -9,7 +9,9 @@ and when each model has instances enough to run that fast: λ·d_m ≤ n_m·rate
 beyond what the processor can run at once only cost memory, so each model gets as many as its
 processor can use (capacity // threads), fewer where the memory budget binds.
 
-(`policies.plan` solves the partitioned variant, where instances own their cores.)
+DESIGN.md states the problem with Σ n·threads ≤ cores, as if instances owned their cores; with
+the token pool they do not, and that constraint would allow only `cores` single-thread instances
+for the whole mix.
 """
 
 from __future__ import annotations
