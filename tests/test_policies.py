@@ -8,7 +8,6 @@ from edgeplex.backends.base import ExecutionConfig
 from edgeplex.config import ModelConfig
 from edgeplex.engine.placement import InstanceGroup
 from edgeplex.tuning.policies import (
-    Candidate,
     balance_placement,
     candidates_for_models,
     candidates_from_profiles,
@@ -20,10 +19,6 @@ from edgeplex.tuning.profile import Profile
 from edgeplex.tuning.timeshare import plan_shared
 
 MiB = 2**20
-
-
-def cand(backend: str, threads: int, rate: float, mem: int = 0, proc: str = "cpu", variant: str = "fp32") -> Candidate:
-    return Candidate(ExecutionConfig(backend, proc, variant, threads, 0), rate, threads, mem * MiB)
 
 
 def test_hysteresis() -> None:
