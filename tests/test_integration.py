@@ -27,6 +27,9 @@ from edgeplex.zoo import ZOO, example_inputs
 pytestmark = pytest.mark.integration
 
 ZOO_MODELS = sorted(ZOO)
+# The pareto policy (the default) may serve a model through OpenVINO: its f32 results differ
+# from ONNX Runtime's in summation order only (tests/test_openvino.py), within this tolerance.
+TOLERANCE = {"rtol": 1e-3, "atol": 1e-4}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +71,7 @@ def test_grpc_matches_onnxruntime(server: ServerProcess, reference: dict[str, or
     inputs = example_inputs(name, batch=batch_of(name), seed=3)
     result = client.infer(name, tensors(grpcclient, inputs, binary=True))
     for output, want in expected(reference, name, inputs).items():
-        np.testing.assert_allclose(result.as_numpy(output), want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(result.as_numpy(output), want, **TOLERANCE)
 
 
 @pytest.mark.parametrize("name", ZOO_MODELS)
@@ -77,7 +80,7 @@ def test_http_binary_matches_onnxruntime(server: ServerProcess, reference: dict[
     inputs = example_inputs(name, batch=batch_of(name), seed=4)
     result = client.infer(name, tensors(httpclient, inputs, binary=True))
     for output, want in expected(reference, name, inputs).items():
-        np.testing.assert_allclose(result.as_numpy(output), want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(result.as_numpy(output), want, **TOLERANCE)
 
 
 @pytest.mark.parametrize("name", ["magika", "ppocr_cls", "silero_vad", "ppocr_rec"])
@@ -87,7 +90,7 @@ def test_http_json_matches_onnxruntime(server: ServerProcess, reference: dict[st
     outputs = [httpclient.InferRequestedOutput(o.name, binary_data=False) for o in reference[name].get_outputs()]
     result = client.infer(name, tensors(httpclient, inputs, binary=False), outputs=outputs)
     for output, want in expected(reference, name, inputs).items():
-        np.testing.assert_allclose(result.as_numpy(output), want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(result.as_numpy(output), want, **TOLERANCE)
 
 
 def test_metadata_and_config_of_every_zoo_model(server: ServerProcess) -> None:
@@ -121,7 +124,7 @@ def test_many_clients_across_models_all_correct(server: ServerProcess, reference
             try:
                 result = client.infer(name, tensors(module, cases[name], binary=True))
                 for output, want in wants[name].items():
-                    if not np.allclose(result.as_numpy(output), want, rtol=1e-5, atol=1e-5):
+                    if not np.allclose(result.as_numpy(output), want, **TOLERANCE):
                         raise AssertionError(f"{name}.{output} differs")
             except Exception as exc:  # collected and asserted below
                 with lock:
@@ -152,7 +155,7 @@ def test_bad_inputs_are_refused_and_the_server_goes_on(server: ServerProcess, re
     with pytest.raises(InferenceServerException, match="not in the repository"):
         hclient.infer("no_such_model", tensors(httpclient, good, binary=True))
     result = client.infer("yolov8n", tensors(grpcclient, good, binary=True))
-    np.testing.assert_allclose(result.as_numpy("output0"), expected(reference, "yolov8n", good)["output0"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(result.as_numpy("output0"), expected(reference, "yolov8n", good)["output0"], **TOLERANCE)
 
 
 def test_sigterm_under_load_exits_cleanly(zoo_repo: Path) -> None:
