@@ -39,25 +39,22 @@ def grpc(url: str) -> SenderFactory:
     """tritonclient.grpc with binary (raw) tensors: what Triton users send."""
     import tritonclient.grpc as grpcclient
 
-    def factory(model: str, inputs: dict[str, np.ndarray]) -> Sender:
-        client = grpcclient.InferenceServerClient(url)
-        prepared = _prepared(grpcclient, inputs)
-
-        def send() -> None:
-            client.infer(model, prepared)
-
-        return send
-
-    return factory
+    return _tritonclient(grpcclient, url)
 
 
 def http(url: str) -> SenderFactory:
     """tritonclient.http with the binary tensor extension."""
     import tritonclient.http as httpclient
 
+    return _tritonclient(httpclient, url)
+
+
+def _tritonclient(module: Any, url: str) -> SenderFactory:
+    """Senders on one of tritonclient's protocol modules (same API for both)."""
+
     def factory(model: str, inputs: dict[str, np.ndarray]) -> Sender:
-        client = httpclient.InferenceServerClient(url)
-        prepared = _prepared(httpclient, inputs)
+        client = module.InferenceServerClient(url)
+        prepared = _prepared(module, inputs)
 
         def send() -> None:
             client.infer(model, prepared)
