@@ -63,6 +63,13 @@ def slow_model(path: Path, size: int = 256, layers: int = 24) -> Path:
     return _save(helper.make_graph(nodes, "slow", [x], [y], initializer=inits), path)
 
 
+def free_model(path: Path) -> Path:
+    """y = x * 2 (FP32 [B, N], N free): requests of different N cannot share a batch."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "n"])
+    return _save(helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "free", [x], [y]), path)
+
+
 def write_config(model_dir: Path, **fields: object) -> None:
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "config.yaml").write_text(yaml.safe_dump(fields, sort_keys=False))

@@ -323,7 +323,7 @@ def test_two_instances_are_limited_by_one_core(tmp_path: Path) -> None:
 
 def test_full_queue_is_refused_at_once(tmp_path: Path) -> None:
     add_model(tmp_path / "add" / "1" / "model.onnx")
-    write_config(tmp_path / "add", max_batch_size=8, parameters={"max_queue_size": "2"})
+    write_config(tmp_path / "add", max_batch_size=8, max_queue_size=2)
     engine = Engine(tmp_path, cores=1)
     engine.load_all()
     pool = engine.pools["cpu"]

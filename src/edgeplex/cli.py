@@ -37,7 +37,7 @@ def _serve(args: argparse.Namespace) -> int:
         cores=args.cores,
         max_body_bytes=args.max_body_bytes,
     )
-    engine = Engine(repository, cores=config.cores, memory_budget=args.memory_budget)
+    engine = Engine(repository, cores=config.cores, memory_budget=args.memory_budget, scheduling=args.scheduling)
     failures = engine.load_all(args.model or None)
     for name, reason in failures.items():
         logging.getLogger("edgeplex").warning("model %s is not ready: %s", name, reason)
@@ -147,9 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cores", type=int, default=default_cores(), help="cores in the budget (default: all)")
     serve.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024)
     serve.add_argument("--drain-seconds", type=float, default=10.0)
-    serve.add_argument("--policy", choices=["static", "balance", "pareto"], default="pareto",
-                       help="how models are placed: static (ONNX Runtime defaults), balance (an instance on every "
-                       "backend), pareto (profiles + measured load + feedback; default)")
+    serve.add_argument("--policy", choices=["config", "static", "balance", "pareto"], default="pareto",
+                       help="how models are placed: config (as each model's config says), static (ONNX Runtime "
+                       "defaults), balance (an instance on every backend), pareto (profiles + measured load + "
+                       "feedback; default)")
+    serve.add_argument("--scheduling", choices=["priority", "fifo"], default="priority",
+                       help="request order: priority (priority level, then earliest deadline; default) or fifo")
     serve.add_argument("--memory-budget", type=_size, default=None, help="e.g. 1GiB; beyond it, LRU models are evicted")
     serve.add_argument("--profile-store", type=Path, default=None, help="profile database (default: in the cache)")
     serve.add_argument("--replan-seconds", type=float, default=2.0, help="how often pareto re-plans")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -47,6 +47,26 @@ class TensorSpec(BaseModel):
         return value
 
 
+class DynamicBatching(BaseModel):
+    """Triton's `dynamic_batching`: queued requests are concatenated on the batch axis.
+
+    The batcher sends what is queued at once unless a batch smaller than the largest preferred
+    size (or than max_batch_size) can still grow within `max_queue_delay_microseconds` of its
+    oldest request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_queue_delay_microseconds: int = Field(default=0, ge=0, le=10_000_000)
+    preferred_batch_size: list[int] = Field(default_factory=list)
+
+    @field_validator("preferred_batch_size")
+    @classmethod
+    def _preferred(cls, value: list[int]) -> list[int]:
+        if any(size < 1 for size in value):
+            raise ValueError(f"preferred batch sizes {value} must be >= 1")
+        return sorted(set(value))
+
+
 class ModelConfig(BaseModel):
     """What a model needs to be served. Unknown fields are refused, so typos surface."""
 
@@ -61,7 +81,16 @@ class ModelConfig(BaseModel):
     # Intra-op threads per instance; 0 lets the backend pick (ONNX Runtime: one per core).
     threads: int = Field(default=1, ge=0, le=256)
     priority: int = Field(default=1, ge=1, le=16)
+    # The deadline of a request that states no timeout of its own (and the allocator's p99 bound).
     slo_ms: float | None = Field(default=None, gt=0)
+    # What happens to a request whose deadline passed before it runs: refused without computing
+    # (Triton's REJECT) or computed anyway (DELAY), counted as a deadline miss either way.
+    timeout_action: Literal["reject", "run"] = "reject"
+    # Admission control: beyond this many queued requests, a new one is refused at once (429).
+    max_queue_size: int = Field(default=1024, ge=1, le=1_000_000)
+    # Weight of the model's share of the cores among models of the same priority level.
+    share: float = Field(default=1.0, gt=0, le=1000)
+    dynamic_batching: DynamicBatching | None = None
     pinned: bool = False
     default_model_filename: str = "model.onnx"
     parameters: dict[str, str] = Field(default_factory=dict)
@@ -142,11 +171,29 @@ def _pbtxt_fields(text: str, path: Path) -> dict[str, Any]:
         fields["instance_count"] = sum(max(group.count, 1) for group in proto.instance_group)
     if proto.default_model_filename:
         fields["default_model_filename"] = proto.default_model_filename
-    if proto.HasField("dynamic_batching") and proto.dynamic_batching.default_priority_level:
-        fields["priority"] = proto.dynamic_batching.default_priority_level
+    if proto.HasField("dynamic_batching"):
+        fields.update(_pbtxt_batching(proto.dynamic_batching, mc))
     params = {key: value.string_value for key, value in proto.parameters.items()}
     if params:
         fields["parameters"] = params
+    return fields
+
+
+def _pbtxt_batching(batching: Any, mc: Any) -> dict[str, Any]:
+    """Triton's dynamic_batching block: the batcher, the default priority and queue policy."""
+    fields: dict[str, Any] = {"dynamic_batching": {
+        "max_queue_delay_microseconds": batching.max_queue_delay_microseconds,
+        "preferred_batch_size": list(batching.preferred_batch_size),
+    }}
+    if batching.default_priority_level:
+        fields["priority"] = batching.default_priority_level
+    if batching.HasField("default_queue_policy"):
+        policy = batching.default_queue_policy
+        fields["timeout_action"] = "run" if policy.timeout_action == mc.ModelQueuePolicy.DELAY else "reject"
+        if policy.max_queue_size:
+            fields["max_queue_size"] = policy.max_queue_size
+        if policy.default_timeout_microseconds:
+            fields["slo_ms"] = policy.default_timeout_microseconds / 1000
     return fields
 
 

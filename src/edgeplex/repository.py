@@ -120,6 +120,23 @@ def onnx_signature(model_file: Path) -> tuple[list[tuple[str, str, list[int]]], 
     return describe(model.graph.input), describe(model.graph.output)
 
 
+def _batching(config: ModelConfig, given: dict[str, Any], max_batch: int, origin: Path | str) -> Any:
+    """Like Triton's auto-complete: a model that batches gets the dynamic batcher unless its config
+    says `dynamic_batching: null`; one that does not batch cannot have it."""
+    if "dynamic_batching" not in given:
+        return {} if max_batch > 0 else None
+    if config.dynamic_batching is None:
+        return None
+    if max_batch == 0:
+        raise ConfigError(f"{origin}: field 'dynamic_batching': needs max_batch_size > 0 (the model does not batch)")
+    too_big = [size for size in config.dynamic_batching.preferred_batch_size if size > max_batch]
+    if too_big:
+        raise ConfigError(
+            f"{origin}: field 'dynamic_batching.preferred_batch_size': {too_big} exceed max_batch_size {max_batch}"
+        )
+    return config.dynamic_batching.model_dump()
+
+
 def autocomplete(config: ModelConfig, given: dict[str, Any], model_file: Path, origin: Path | str) -> ModelConfig:
     """Fill what the config leaves out from the ONNX signature; check what it states."""
     inputs, outputs = onnx_signature(model_file)
@@ -167,6 +184,7 @@ def autocomplete(config: ModelConfig, given: dict[str, Any], model_file: Path, o
 
     fields = config.model_dump()
     fields["max_batch_size"] = max_batch
+    fields["dynamic_batching"] = _batching(config, given, max_batch, origin)
     fields["inputs"] = complete("inputs", config.inputs, inputs)
     fields["outputs"] = complete("outputs", config.outputs, outputs)
     return validate_config(fields, origin)

@@ -17,6 +17,7 @@ from .executor import TokenPool
 from .manager import ModelEvicted, ModelManager, ModelState
 from .placement import ModelPlacement
 from .request import InferRequest, InferResponse
+from .scheduler import discipline
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +25,15 @@ log = logging.getLogger(__name__)
 class Engine:
     """Loads models from a repository and runs requests on them, concurrently and within `cores`."""
 
-    def __init__(self, repository: Path, cores: int | None = None, memory_budget: int | None = None) -> None:
+    def __init__(
+        self, repository: Path, cores: int | None = None, memory_budget: int | None = None,
+        scheduling: str = "priority",
+    ) -> None:
+        """`scheduling`: "priority" (priority level, then earliest deadline) or "fifo" (arrival)."""
         self.cores = cores or default_cores()
+        self.scheduling = discipline(scheduling)
         self.pools = {"cpu": TokenPool("cpu", self.cores, sorted(os.sched_getaffinity(0)))}
-        self.manager = ModelManager(Repository(repository), self.pools, memory_budget)
+        self.manager = ModelManager(Repository(repository), self.pools, memory_budget, self.scheduling)
         self._closed = False
 
     # -- model control -------------------------------------------------------------------------

@@ -8,6 +8,11 @@ On the CPU each token is a specific core, and the thread that computes is pinned
 it was granted: with one executor thread per instance, letting the OS move computing threads
 between cores cost 5-10% of the mix's throughput on the 2-core box (measured, see
 benchmarks/README.md).
+
+Within a priority level the pool shares the cores fairly between models (flows), weighted by
+their `share`: start-time fair queuing, where a flow's virtual time advances by the
+token-seconds it held divided by its weight, and the waiter with the smallest start tag goes
+first. A flood on one model therefore cannot starve another of the same level.
 """
 
 from __future__ import annotations
@@ -22,12 +27,26 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 
+class Flow:
+    """One model's claim on a pool: its weight, and the weighted token-seconds it has used."""
+
+    def __init__(self, name: str, weight: float = 1.0) -> None:
+        if weight <= 0:
+            raise ValueError(f"flow {name}: weight must be > 0, got {weight}")
+        self.name = name
+        self.weight = weight
+        self.vtime = 0.0
+
+
 @dataclass(frozen=True)
 class Grant:
     """Tokens lent to one computation, and the cores they stand for (empty: not pinnable)."""
 
     tokens: int
     cores: tuple[int, ...] = ()
+    flow: Flow | None = field(default=None, compare=False)
+    tag: float = 0.0  # the flow's virtual start time when granted
+    start_ns: int = 0
 
 
 _pinned = threading.local()
@@ -47,8 +66,10 @@ def pin_current_thread(cores: tuple[int, ...]) -> None:
 @dataclass(order=True)
 class _Waiter:
     priority: int
+    tag: float
     seq: int
     tokens: int = field(compare=False)
+    flow: Flow | None = field(compare=False)
     wakeup: threading.Condition = field(compare=False)
     grant: Grant | None = field(default=None, compare=False)
 
@@ -74,6 +95,7 @@ class TokenPool:
         self._lock = threading.Lock()
         self._waiters: list[_Waiter] = []
         self._seq = itertools.count()
+        self._vclock = 0.0  # the start tag of the latest grant: where a newly active flow starts
 
     @property
     def in_use(self) -> int:
@@ -100,13 +122,15 @@ class TokenPool:
         """What a request for `tokens` really takes: at least 1, at most the whole processor."""
         return max(1, min(tokens, self.capacity))
 
-    def acquire(self, tokens: int, priority: int = 1) -> Grant:
-        """Block until `tokens` are granted; no higher-priority or earlier waiter is overtaken."""
+    def acquire(self, tokens: int, priority: int = 1, flow: Flow | None = None) -> Grant:
+        """Block until `tokens` are granted; no higher-priority waiter, nor one of the same level
+        whose flow has used less of its share, is overtaken."""
         tokens = self.clamp(tokens)
         with self._lock:
+            tag = max(flow.vtime, self._vclock) if flow is not None else self._vclock
             if not self._waiters and self._in_use + tokens <= self.capacity:
-                return self._take(tokens)
-            waiter = _Waiter(priority, next(self._seq), tokens, threading.Condition(self._lock))
+                return self._take(tokens, flow, tag)
+            waiter = _Waiter(priority, tag, next(self._seq), tokens, flow, threading.Condition(self._lock))
             heapq.heappush(self._waiters, waiter)
             try:
                 while waiter.grant is None:
@@ -127,30 +151,35 @@ class TokenPool:
             self._grant()
 
     @contextmanager
-    def hold(self, tokens: int, priority: int = 1) -> Iterator[Grant]:
+    def hold(self, tokens: int, priority: int = 1, flow: Flow | None = None) -> Iterator[Grant]:
         """Hold `tokens` for the block, with the calling thread pinned to their cores."""
-        grant = self.acquire(tokens, priority)
+        grant = self.acquire(tokens, priority, flow)
         try:
             pin_current_thread(grant.cores)
             yield grant
         finally:
             self.release(grant)
 
-    def _account(self) -> None:
+    def _account(self) -> int:
         now = time.monotonic_ns()
         self._busy_ns += self._in_use * (now - self._changed_ns)
         self._changed_ns = now
+        return now
 
-    def _take(self, tokens: int) -> Grant:
-        self._account()
+    def _take(self, tokens: int, flow: Flow | None, tag: float) -> Grant:
+        now = self._account()
         self._in_use += tokens
         self._peak = max(self._peak, self._in_use)
+        self._vclock = max(self._vclock, tag)
         cores = tuple(self._free_cores[:tokens]) if self._free_cores else ()
         del self._free_cores[: len(cores)]
-        return Grant(tokens, cores)
+        return Grant(tokens, cores, flow, tag, now)
 
     def _give_back(self, grant: Grant) -> None:
-        self._account()
+        now = self._account()
+        if grant.flow is not None:  # charge the flow what it held, in its weight's units
+            used = grant.tokens * (now - grant.start_ns) / 1e9 / grant.flow.weight
+            grant.flow.vtime = max(grant.flow.vtime, grant.tag) + used
         self._in_use -= grant.tokens
         if self._in_use < 0:  # pragma: no cover - a bug, never a client's doing
             raise RuntimeError(f"token pool {self.processor} released more than it lent")
@@ -160,5 +189,5 @@ class TokenPool:
         """Under the lock: give tokens to the head waiters, in order, while they fit."""
         while self._waiters and self._in_use + self._waiters[0].tokens <= self.capacity:
             waiter = heapq.heappop(self._waiters)
-            waiter.grant = self._take(waiter.tokens)
+            waiter.grant = self._take(waiter.tokens, waiter.flow, waiter.tag)
             waiter.wakeup.notify()

@@ -25,6 +25,7 @@ from ..repository import ModelSource, Repository
 from .executor import TokenPool
 from .placement import InstanceGroup, ModelPlacement
 from .runner import Instance, ModelRunner, warmup_inputs
+from .scheduler import Discipline
 from .stats import ModelStats
 
 log = logging.getLogger(__name__)
@@ -76,10 +77,14 @@ def default_placement(config: ModelConfig) -> ModelPlacement:
 class ModelManager:
     """Owns every loaded model version; thread-safe."""
 
-    def __init__(self, repository: Repository, pools: dict[str, TokenPool], memory_budget: int | None = None) -> None:
+    def __init__(
+        self, repository: Repository, pools: dict[str, TokenPool], memory_budget: int | None = None,
+        order: Discipline | None = None,
+    ) -> None:
         self.repository = repository
         self.pools = pools
         self.memory_budget = memory_budget
+        self.order = order
         self._states: dict[str, ModelState] = {}
         self._lock = threading.Lock()
         self._load_lock = threading.RLock()  # one load/apply at a time: memory deltas stay apart
@@ -232,7 +237,7 @@ class ModelManager:
                     runner.replace_instances(kept + instances)
                 else:
                     stats = state.stats.get(version)
-                    runner = ModelRunner(config, version, instances, self.pools["cpu"], stats)
+                    runner = ModelRunner(config, version, instances, self.pools["cpu"], stats, self.order)
                     state.stats[version] = runner.stats
                     state.runners[version] = runner
             state.memory_bytes = sum(r.memory_bytes for r in state.runners.values())

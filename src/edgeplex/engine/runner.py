@@ -17,16 +17,15 @@ import numpy as np
 
 from ..backends import ExecutionConfig, Session
 from ..config import ModelConfig
-from ..errors import DeadlineExceeded, EdgeplexError, InvalidInput
+from ..errors import DeadlineExceeded, EdgeplexError, InvalidInput, Overloaded
 from ..tensors import numpy_dtype, shape_matches, v2_datatype
-from .executor import TokenPool
+from .batcher import BatchPolicy, collate, signature, split
+from .executor import Flow, TokenPool
 from .request import InferRequest, InferResponse
-from .scheduler import Job, RequestQueue
+from .scheduler import DISCIPLINES, Discipline, Job, RequestQueue
 from .stats import ModelStats
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MAX_QUEUE = 1024
 
 
 @dataclass
@@ -56,14 +55,16 @@ class ModelRunner:
 
     def __init__(
         self, config: ModelConfig, version: str, instances: list[Instance], pool: TokenPool,
-        stats: ModelStats | None = None,
+        stats: ModelStats | None = None, order: Discipline | None = None,
     ) -> None:
         self.config = config
         self.version = version
         self.pool = pool
         self.stats = stats or ModelStats(config.name, version)
+        self.order = order or DISCIPLINES["priority"]
+        self.flow = Flow(f"{config.name}/{version}", config.share)
         self._output_names = [spec.name for spec in config.outputs]
-        self.queue = RequestQueue(int(config.parameters.get("max_queue_size", DEFAULT_MAX_QUEUE)))
+        self.queue = RequestQueue(config.max_queue_size, self.order)
         self._lock = threading.Lock()
         self._workers: list[_Worker] = []
         self._serial = 0
@@ -107,17 +108,22 @@ class ModelRunner:
         self.queue.wake_all()
 
     def submit(self, request: InferRequest) -> Future[InferResponse]:
-        """Validate and enqueue; the future resolves on an executor thread."""
+        """Validate and enqueue; the future resolves on an executor thread. A request without a
+        timeout of its own gets the model's `slo_ms` as its deadline."""
         validate_inputs(self.config, request)
         priority = request.priority or self.config.priority
-        timeout_us = request.timeout_us
+        timeout_us = request.timeout_us or (int(self.config.slo_ms * 1000) if self.config.slo_ms else None)
         deadline = time.monotonic_ns() + timeout_us * 1000 if timeout_us else None
+        batched = self.config.max_batch_size > 0
         with self._lock:
             self._in_flight += 1
             self.submitted += 1
         try:
-            future = self.queue.put(request, priority, deadline)
-        except BaseException:
+            future = self.queue.put(request, priority, deadline, _batch_size(self.config, request),
+                                    signature(request.inputs, batched))
+        except BaseException as exc:
+            if isinstance(exc, Overloaded):
+                self.stats.record_rejection()
             self._done(None)
             raise
         future.add_done_callback(self._done)
@@ -137,47 +143,85 @@ class ModelRunner:
 
     def _serve(self, worker: _Worker) -> None:
         instance = worker.instance
+        policy = BatchPolicy.of(self.config, instance.config.max_batch)
         try:
-            while (job := self.queue.get(worker.retired)) is not None:
-                if not job.future.set_running_or_notify_cancel():
-                    continue  # the caller went away while it waited
+            while jobs := self.queue.take(policy, worker.retired):
+                jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]  # callers gone
                 try:
-                    job.future.set_result(self._execute(instance, job))
-                except EdgeplexError as exc:
-                    self.stats.record_failure(time.monotonic_ns() - job.enqueued_ns)
-                    job.future.set_exception(exc)
+                    self._execute(instance, jobs)
                 except Exception as exc:  # a backend bug must not kill the executor thread
                     log.exception("model %s: unexpected failure", self.config.name)
-                    self.stats.record_failure(time.monotonic_ns() - job.enqueued_ns)
-                    job.future.set_exception(exc)
+                    self._fail(jobs, exc)
         finally:
             instance.session.close()
 
-    def _execute(self, instance: Instance, job: Job) -> InferResponse:
-        request = job.request
-        check_deadline(job)
-        wanted = request.outputs or self._output_names
-        with self.pool.hold(instance.config.threads or self.pool.capacity, job.priority):
-            check_deadline(job)  # it may have passed while waiting for cores
-            computed = time.monotonic_ns()
-            outputs = instance.session.run(request.inputs, wanted)
-            done = time.monotonic_ns()
-        queue_ns = computed - job.enqueued_ns
-        infer_ns = done - computed
-        batch = _batch_size(self.config, request)
-        self.stats.record_execution(batch, 0, infer_ns, 0)
-        self.stats.record_success(queue_ns, 0, infer_ns, 0, done - job.enqueued_ns, batch)
-        return InferResponse(request.model_name, self.version, outputs, id=request.id)
+    def _execute(self, instance: Instance, jobs: list[Job]) -> None:
+        """Run one batch: drop what expired, hold the cores, run, split, answer each caller."""
+        jobs = self._expire(jobs)
+        if not jobs:
+            return
+        priority = self.order.core_priority(min(job.priority for job in jobs))
+        with self.pool.hold(instance.config.threads or self.pool.capacity, priority, self.flow):
+            jobs = self._expire(jobs)  # deadlines may have passed while waiting for cores
+            if not jobs:
+                return
+            started = time.monotonic_ns()
+            try:
+                inputs = collate([job.request.inputs for job in jobs])
+                collated = time.monotonic_ns()
+                outputs = instance.session.run(inputs, self._wanted(jobs))
+            except EdgeplexError as exc:
+                self._fail(jobs, exc)
+                return
+        computed = time.monotonic_ns()
+        rows = [job.rows for job in jobs]
+        try:
+            parts = split(outputs, rows)
+        except EdgeplexError as exc:
+            self._fail(jobs, exc)
+            return
+        done = time.monotonic_ns()
+        input_ns, infer_ns, output_ns = collated - started, computed - collated, done - computed
+        self.stats.record_execution(sum(rows), input_ns, infer_ns, output_ns)
+        for job, part in zip(jobs, parts):
+            request = job.request
+            if job.deadline_ns < done:
+                self.stats.record_deadline_miss()
+            self.stats.record_success(started - job.enqueued_ns, input_ns, infer_ns, output_ns,
+                                      done - job.enqueued_ns, job.rows)
+            wanted = request.outputs or self._output_names
+            response = InferResponse(request.model_name, self.version, {k: part[k] for k in wanted}, id=request.id)
+            job.future.set_result(response)
 
+    def _wanted(self, jobs: list[Job]) -> list[str]:
+        """The outputs a batch must compute: everything any of its callers asked for."""
+        asked = {name for job in jobs for name in (job.request.outputs or self._output_names)}
+        return [name for name in self._output_names if name in asked]
 
-def check_deadline(job: Job) -> None:
-    """DeadlineExceeded if the job's timeout has passed: it is answered without computing."""
-    now = time.monotonic_ns()
-    if job.deadline_ns < now:
-        raise DeadlineExceeded(
-            f"model '{job.request.model_name}': request waited {(now - job.enqueued_ns) / 1e6:.1f} ms, "
-            "past its timeout; not computed"
-        )
+    def _expire(self, jobs: list[Job]) -> list[Job]:
+        """The jobs still to run: with `timeout_action: reject`, those past their deadline are
+        answered with DeadlineExceeded here, without computing."""
+        if self.config.timeout_action != "reject":
+            return jobs
+        now = time.monotonic_ns()
+        live = []
+        for job in jobs:
+            if job.deadline_ns >= now:
+                live.append(job)
+                continue
+            self.stats.record_deadline_miss()
+            self._fail([job], DeadlineExceeded(
+                f"model '{job.request.model_name}': request waited {(now - job.enqueued_ns) / 1e6:.1f} ms, "
+                "past its timeout; not computed"
+            ))
+        return live
+
+    def _fail(self, jobs: list[Job], exc: BaseException) -> None:
+        now = time.monotonic_ns()
+        for job in jobs:
+            if not job.future.done():
+                self.stats.record_failure(now - job.enqueued_ns)
+                job.future.set_exception(exc)
 
 
 def _batch_size(config: ModelConfig, request: InferRequest) -> int:

@@ -1,7 +1,11 @@
-"""A model's request queue: ordered by priority, then earliest deadline, then arrival.
+"""A model's request queue, and the discipline that orders it.
+
+`priority` (the default): by priority level (1 first), then earliest deadline, then arrival.
+`fifo`: by arrival alone, the baseline the scheduling benchmark compares against.
 
 Bounded: beyond `max_size` a request is refused at once (Overloaded), never queued without
-limit. Executor threads block on `get`; `close` lets them drain what is queued and stop.
+limit. Executor threads take work with `take`, which forms the dynamic batches (see
+`batcher.py` for how a batch is cut); `close` lets them drain what is queued and stop.
 """
 
 from __future__ import annotations
@@ -12,30 +16,74 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import Overloaded, ServerShuttingDown
+from .batcher import BatchPolicy, cut_batch
 from .request import InferRequest, InferResponse
 
 NO_DEADLINE = 1 << 62
+# How many queued requests one `take` looks at to fill a batch: bounds the work per batch when
+# the head of the queue is followed by many requests of other shapes.
+SCAN_LIMIT = 64
+
+
+class Discipline:
+    """How queued work is ordered: in each model's queue and at the processors' token pools."""
+
+    name = "priority"
+
+    def queue_key(self, priority: int, deadline_ns: int, seq: int) -> tuple[int, int, int]:
+        return (priority, deadline_ns, seq)
+
+    def core_priority(self, priority: int) -> int:
+        """The level a batch waits at for cores."""
+        return priority
+
+
+class Fifo(Discipline):
+    """Arrival order everywhere: priorities and deadlines do not reorder (timeouts still apply)."""
+
+    name = "fifo"
+
+    def queue_key(self, priority: int, deadline_ns: int, seq: int) -> tuple[int, int, int]:
+        return (0, 0, seq)
+
+    def core_priority(self, priority: int) -> int:
+        return 1
+
+
+DISCIPLINES: dict[str, Discipline] = {"priority": Discipline(), "fifo": Fifo()}
+
+
+def discipline(name: str) -> Discipline:
+    try:
+        return DISCIPLINES[name]
+    except KeyError:
+        raise ValueError(f"unknown scheduling '{name}' (expected one of {', '.join(DISCIPLINES)})") from None
 
 
 @dataclass(order=True)
 class Job:
     """A request waiting for an instance, with the future its caller waits on."""
 
-    priority: int
-    deadline_ns: int
-    seq: int
+    key: tuple[int, int, int]
     request: InferRequest = field(compare=False)
     future: Future[InferResponse] = field(compare=False)
+    priority: int = field(compare=False, default=1)
+    deadline_ns: int = field(compare=False, default=NO_DEADLINE)
+    rows: int = field(compare=False, default=1)
+    # Requests batch together only when everything but the batch axis matches.
+    signature: tuple[Any, ...] = field(compare=False, default=())
     enqueued_ns: int = field(compare=False, default_factory=time.monotonic_ns)
 
 
 class RequestQueue:
-    """Thread-safe priority queue of Jobs for one model version."""
+    """Thread-safe ordered queue of Jobs for one model version."""
 
-    def __init__(self, max_size: int) -> None:
+    def __init__(self, max_size: int, order: Discipline | None = None) -> None:
         self.max_size = max_size
+        self.order = order or DISCIPLINES["priority"]
         self._heap: list[Job] = []
         self._cond = threading.Condition()
         self._seq = itertools.count()
@@ -44,9 +92,14 @@ class RequestQueue:
     def __len__(self) -> int:
         return len(self._heap)
 
-    def put(self, request: InferRequest, priority: int, deadline_ns: int | None) -> Future[InferResponse]:
+    def put(
+        self, request: InferRequest, priority: int, deadline_ns: int | None, rows: int = 1,
+        signature: tuple[Any, ...] = (),
+    ) -> Future[InferResponse]:
         future: Future[InferResponse] = Future()
-        job = Job(priority, deadline_ns or NO_DEADLINE, next(self._seq), request, future)
+        deadline = deadline_ns or NO_DEADLINE
+        job = Job(self.order.queue_key(priority, deadline, next(self._seq)), request, future, priority, deadline,
+                  rows, signature)
         with self._cond:
             if self._closed:
                 raise ServerShuttingDown(f"model '{request.model_name}' is unloading; request refused")
@@ -59,23 +112,58 @@ class RequestQueue:
             self._cond.notify()
         return future
 
-    def get(self, stop: threading.Event | None = None) -> Job | None:
-        """The next job; blocks while empty; None once closed and drained, or once `stop` is set
-        (a retired instance's thread leaves; the job stays for the others)."""
+    def take(self, policy: BatchPolicy, stop: threading.Event | None = None) -> list[Job]:
+        """The next batch (one job when the model does not batch); blocks while empty. Empty once
+        closed and drained, or once `stop` is set (a retired instance's thread leaves; the jobs
+        stay for the others)."""
         with self._cond:
-            while not self._heap or (stop is not None and stop.is_set()):
-                if self._closed or (stop is not None and stop.is_set()):
-                    return None
-                self._cond.wait()
-            return heapq.heappop(self._heap)
+            while True:
+                if stop is not None and stop.is_set():
+                    return []
+                if not self._heap:
+                    if self._closed:
+                        return []
+                    self._cond.wait()
+                    continue
+                if policy.max_rows <= 1:
+                    return [heapq.heappop(self._heap)]
+                batch, aside = self._gather(policy.max_rows)
+                rows = sum(job.rows for job in batch)
+                oldest = min(job.enqueued_ns for job in batch)
+                wait_ns = policy.wait_ns(rows, oldest, time.monotonic_ns())
+                if wait_ns > 0 and not self._closed:
+                    for job in batch + aside:
+                        heapq.heappush(self._heap, job)
+                    self._cond.wait(wait_ns / 1e9)
+                    continue
+                keep = cut_batch([job.rows for job in batch], policy)
+                for job in batch[keep:] + aside:
+                    heapq.heappush(self._heap, job)
+                return batch[:keep]
+
+    def _gather(self, max_rows: int) -> tuple[list[Job], list[Job]]:
+        """Under the lock: pop the head and the queued jobs that fit its batch, in order; the
+        others looked at come back in `aside`."""
+        head = heapq.heappop(self._heap)
+        batch, aside, rows = [head], [], head.rows
+        for _ in range(SCAN_LIMIT):
+            if not self._heap or rows >= max_rows:
+                break
+            job = heapq.heappop(self._heap)
+            if job.signature == head.signature and rows + job.rows <= max_rows:
+                batch.append(job)
+                rows += job.rows
+            else:
+                aside.append(job)
+        return batch, aside
 
     def wake_all(self) -> None:
-        """Wake every waiting `get`, so retired threads notice their stop event."""
+        """Wake every waiting `take`, so retired threads notice their stop event."""
         with self._cond:
             self._cond.notify_all()
 
     def close(self) -> None:
-        """Refuse new jobs; waiting `get` calls return None once the queue is empty."""
+        """Refuse new jobs; waiting `take` calls return empty once the queue is empty."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()

@@ -35,6 +35,10 @@ class ModelStats:
     last_inference_ms: int = 0
     # Requests answered because the model had to be loaded again (edgeplex's own).
     reloads: int = 0
+    # Requests refused at admission (queue full) and requests past their deadline (refused
+    # without computing, or answered late): edgeplex's own, not in Triton's format.
+    rejected: int = 0
+    deadline_misses: int = 0
     batch: dict[int, dict[str, Duration]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -65,6 +69,14 @@ class ModelStats:
             for key, value in (("compute_input", input_ns), ("compute_infer", infer_ns), ("compute_output", output_ns)):
                 entry[key].count += 1
                 entry[key].ns += value
+
+    def record_rejection(self) -> None:
+        with self._lock:
+            self.rejected += 1
+
+    def record_deadline_miss(self) -> None:
+        with self._lock:
+            self.deadline_misses += 1
 
     def record_failure(self, total_ns: int) -> None:
         with self._lock:

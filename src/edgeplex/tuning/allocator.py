@@ -37,7 +37,7 @@ from .timeshare import plan_shared, shared_lam
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("static", "balance", "pareto")
+POLICIES = ("config", "static", "balance", "pareto")
 BACKGROUND_PRIORITY = 16  # profiling waits behind every request for cores
 SWAP_HEADROOM = 0.2  # share of the memory budget left free for the instances a swap opens
 
@@ -70,7 +70,10 @@ class Allocator:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
-        """Place every loaded model under the policy; `pareto` then keeps re-planning."""
+        """Place every loaded model under the policy; `pareto` then keeps re-planning. `config`
+        leaves each model as its own config says (backend, threads, instance_count)."""
+        if self.policy == "config":
+            return
         configs = self._configs()
         if self.policy == "static":
             self._apply_all(static_placement(configs))
