@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from edgeplex.backends.base import ExecutionConfig
@@ -49,8 +51,11 @@ def test_candidates_from_profiles() -> None:
 
     profiles = [prof(fast, 1, 5, 100), prof(fast, 4, 20, 300), prof(fast, 8, 60, 400), prof(slow, 1, 8, 90, 0.02)]
     cands = candidates_from_profiles(profiles, cores=4, slo_ms=30)
-    assert [(c.config, c.batch, c.rate, c.threads) for c in cands] == [(fast, 4, 300, 4), (slow, 1, 90, 1)]
-    assert [c.config for c in candidates_from_profiles(profiles, 4, max_fidelity_loss=0.01)] == [fast]
+    # The batcher is capped at the batch size that earned the rate (batch 1: no batching).
+    capped = [replace(fast, max_batch=4), replace(slow, max_batch=1)]
+    assert [(c.config, c.batch, c.rate, c.threads) for c in cands] == [(capped[0], 4, 300, 4), (capped[1], 1, 90, 1)]
+    assert [c.config for c in candidates_from_profiles(profiles, 4, max_fidelity_loss=0.01)] == [
+        replace(fast, max_batch=8)]
     assert candidates_from_profiles(profiles, 4, slo_ms=1) == []
     with pytest.raises(ValueError):
         candidates_from_profiles([*profiles, Profile("other", "h", fast, 1, 1, 1, 1, 1, "1", "box")], 4)

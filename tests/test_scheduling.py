@@ -307,3 +307,23 @@ def test_overload_is_refused_fast_and_every_admitted_request_is_answered(tmp_pat
         assert stats.as_triton()["inference_stats"]["success"]["count"] == len(admitted)
     finally:
         engine.close()
+
+
+def test_the_monitor_measures_service_per_row_when_batches_form(tmp_path: Path) -> None:
+    from edgeplex.engine.monitor import Monitor
+
+    engine = _engine(tmp_path, add={"max_batch_size": 8, "dynamic_batching": {}})
+    try:
+        monitor = Monitor(engine)
+        monitor.sample()
+        taken, plug = _plugged(engine, "add")
+        futures = [engine.submit(InferRequest("add", {"x": np.ones((1, 4), np.float32)})) for _ in range(8)]
+        engine.pools["cpu"].release(taken)
+        assert all(f.result(5) for f in [plug, *futures])
+        load = monitor.sample()["add"]
+        batches = _stats(engine, "add")["batch_stats"]
+        assert [b["batch_size"] for b in batches] == [1, 8]
+        per_row = sum(b["compute_infer"]["ns"] for b in batches) / 9 / 1e6
+        assert load.service_ms == pytest.approx(per_row)
+    finally:
+        engine.close()

@@ -21,7 +21,7 @@ class ModelLoad:
     model: str
     arrival_rate: float  # requests/s asked for
     completion_rate: float  # requests/s answered
-    service_ms: float  # mean compute time of one execution, as observed with the other tenants
+    service_ms: float  # mean compute time per row (batch row), as observed with the other tenants
     queue_ms: float  # mean time a request waited for an instance
     queued: int  # requests waiting now
 
@@ -30,8 +30,8 @@ class ModelLoad:
 class _Counters:
     at: float
     submitted: int
-    executions: int
-    compute_ns: int
+    rows: int  # batch rows computed
+    compute_ns: int  # compute time of the executions (a batch counted once)
     successes: int
     queue_ns: int
 
@@ -67,25 +67,26 @@ class Monitor:
 
     def _read(self, name: str, now: float) -> _Counters:
         state = self.engine.manager.state(name)
-        submitted = executions = compute_ns = successes = queue_ns = 0
+        submitted = rows = compute_ns = successes = queue_ns = 0
         for runner in state.runners.values():
             stats = runner.stats.as_triton()
             inference = stats["inference_stats"]
             submitted += runner.submitted
-            executions += stats["execution_count"]
-            compute_ns += inference["compute_infer"]["ns"]
+            for batch in stats["batch_stats"]:
+                rows += batch["batch_size"] * batch["compute_infer"]["count"]
+                compute_ns += batch["compute_infer"]["ns"]
             successes += inference["success"]["count"]
             queue_ns += inference["queue"]["ns"]
-        return _Counters(now, submitted, executions, compute_ns, successes, queue_ns)
+        return _Counters(now, submitted, rows, compute_ns, successes, queue_ns)
 
     def _window(self, name: str, before: _Counters, after: _Counters) -> ModelLoad:
         seconds = after.at - before.at
-        executions = after.executions - before.executions
+        rows = after.rows - before.rows
         successes = after.successes - before.successes
         old = self._loads.get(name)
         arrivals = (after.submitted - before.submitted) / seconds
         completions = successes / seconds
-        service = (after.compute_ns - before.compute_ns) / executions / 1e6 if executions else (old.service_ms if old else 0.0)
+        service = (after.compute_ns - before.compute_ns) / rows / 1e6 if rows else (old.service_ms if old else 0.0)
         queue = (after.queue_ns - before.queue_ns) / successes / 1e6 if successes else 0.0
         if old is not None:
             keep = 1.0 - self.smoothing

@@ -138,7 +138,8 @@ class Allocator:
         return result
 
     def candidates(self, configs: dict[str, ModelConfig]) -> dict[str, list[Candidate]]:
-        """Each model's candidates from its stored profiles (batch 1: requests are not batched yet)."""
+        """Each model's candidates from its stored profiles, at batch 1 and at the model's max batch
+        (the dynamic batcher forms the latter when the queue is deep)."""
         profiles: list[Profile] = []
         versions = current_backend_versions()
         for name in configs:
@@ -146,7 +147,7 @@ class Allocator:
             if digest is not None and self.store is not None:
                 # Keyed by the file, not the name: a model with the same file shares its profiles.
                 stored = self.store.for_model(digest, backend_versions=versions)
-                profiles += [replace(p, model=name) for p in stored if p.batch == 1]
+                profiles += [replace(p, model=name) for p in stored]
         return candidates_for_models(profiles, configs, self.engine.cores)
 
     def profile_unprofiled(self) -> None:

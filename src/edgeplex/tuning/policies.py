@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..backends.base import ExecutionConfig
@@ -77,7 +77,10 @@ def candidates_from_profiles(
     if len(models) > 1:
         raise ValueError(f"profiles of one model expected, got {sorted(models)}")
     tokens = {c: resolve_tokens(c, cores, capacities) for c in best}
-    out = [Candidate(c, p.throughput, tokens[c], p.memory_bytes, p.fidelity_loss, p.p99_ms, p.batch) for c, p in best.items()]
+    # The batcher is capped at the batch size that earned the rate: a model whose best rate is
+    # at batch 1 is not batched (batching would add latency and no throughput).
+    out = [Candidate(replace(c, max_batch=p.batch) if c.max_batch > 0 else c, p.throughput, tokens[c],
+                     p.memory_bytes, p.fidelity_loss, p.p99_ms, p.batch) for c, p in best.items()]
     return sorted(out, key=lambda c: (-c.rate, c.config.label()))
 
 
