@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,11 +17,13 @@ import numpy as np
 import onnx
 import pytest
 import tritonclient.grpc as grpcclient
+from helpers import wait_for
 from onnx import numpy_helper
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from edgeplex.engine import Engine
+from edgeplex.engine.request import InferRequest
 from edgeplex.server.grpc import decode_request, start_grpc_server
 
 # -- fixtures ------------------------------------------------------------------------------------
@@ -521,3 +524,56 @@ def test_unsupported_rpcs_and_malformed_bytes_get_clear_statuses(
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "runs past the end" in (info.value.details() or "")
     assert_add_works(client)
+
+
+def _plug(engine: Engine, name: str) -> Any:
+    """Hold every core and let the model's only instance take a request (run in the
+    background) and wait for cores: what is sent next stays queued until the release."""
+    pool = engine.pools["cpu"]
+    taken = pool.acquire(pool.capacity)
+    runner = engine.manager.runner(name)
+    threading.Thread(target=engine.infer, args=(_fixed_request(name),), daemon=True).start()
+    wait_for(lambda: len(runner.queue) == 0 and pool.waiting == 1)
+    return taken
+
+
+def _fixed_request(name: str) -> InferRequest:
+    return InferRequest(name, {"x": np.ones((2, 2), np.float32), "k": np.array(0, np.int64)})
+
+
+def _fixed_inputs(k: int) -> list[grpcclient.InferInput]:
+    return [tensor("x", np.ones((2, 2), np.float32), "FP32"), tensor("k", np.array(k, np.int64), "INT64")]
+
+
+def test_priority_orders_queued_requests_over_grpc(engine: Engine, client: grpcclient.InferenceServerClient) -> None:
+    runner = engine.manager.runner("fixed")
+    answers: queue.Queue[int] = queue.Queue()
+
+    def record(result: Any, error: Any) -> None:
+        answers.put(-1 if error else int(result.as_numpy("y2")))
+
+    taken = _plug(engine, "fixed")
+    try:
+        for k, priority in ((1, 3), (2, 3), (3, 1), (4, 2)):
+            client.async_infer("fixed", _fixed_inputs(k), record, priority=priority)
+            wait_for(lambda k=k: len(runner.queue) == k)  # queued in the sending order
+    finally:
+        engine.pools["cpu"].release(taken)
+    assert [answers.get(timeout=10) for _ in range(4)] == [3, 4, 1, 2]
+
+
+def test_timeout_past_in_the_queue_is_deadline_exceeded_over_grpc(
+    engine: Engine, client: grpcclient.InferenceServerClient
+) -> None:
+    taken = _plug(engine, "fixed")
+    try:
+        failed: queue.Queue[Any] = queue.Queue()
+        client.async_infer("fixed", _fixed_inputs(5), lambda result, error: failed.put(error), timeout=2_000)
+        time.sleep(0.1)
+    finally:
+        engine.pools["cpu"].release(taken)
+    error = failed.get(timeout=10)
+    assert isinstance(error, InferenceServerException)
+    assert error.status() == "StatusCode.DEADLINE_EXCEEDED"
+    assert "past its timeout" in error.message()
+    assert engine.manager.runner("fixed").stats.deadline_misses == 1

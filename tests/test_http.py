@@ -681,3 +681,26 @@ def test_concurrent_clients(base_url: str, tiny_repo: Path) -> None:
         thread.join(60)
     assert not failures, failures[:5]
     assert len(done) == 8 * 40
+
+
+def test_full_queue_is_429_with_retry_after_and_nothing_queued_is_lost(engine: Engine, http: httpx.Client) -> None:
+    from edgeplex.engine.request import InferRequest
+
+    pool = engine.pools["cpu"]
+    runner = engine.manager.runner("fixed")
+    taken = pool.acquire(pool.capacity)
+    inputs = {"x": np.ones((2, 2), np.float32), "k": np.array(7, np.int64)}
+    try:
+        queued = [engine.submit(InferRequest("fixed", inputs)) for _ in range(runner.queue.max_size + 1)]
+        assert len(runner.queue) == runner.queue.max_size  # one more is waiting for cores
+        document = {"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]},
+                               {"name": "k", "shape": [], "datatype": "INT64", "data": [7]}]}
+        started = time.monotonic()
+        response = http.post("/v2/models/fixed/infer", content=json.dumps(document))
+        assert time.monotonic() - started < 1.0  # refused at once
+        assert_error(response, 429, "fixed", "max_queue_size")
+        assert response.headers["retry-after"] == "1"
+    finally:
+        pool.release(taken)
+    assert all(f.result(30).outputs["y2"] == 7 for f in queued)
+    assert runner.stats.rejected == 1
