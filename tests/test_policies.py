@@ -69,7 +69,7 @@ def test_candidates_for_models_reads_slo_and_fidelity_bound() -> None:
         Profile("b", "h", fp32, 1, 40, 80, 10, MiB, "1", "box"),
     ]
     models = {
-        "a": ModelConfig(name="a", parameters={"max_fidelity_loss": "0.01"}),
+        "a": ModelConfig(name="a", max_fidelity_loss=0.01),
         "b": ModelConfig(name="b", slo_ms=50),
         "c": ModelConfig(name="c"),
     }

@@ -91,6 +91,9 @@ class ModelConfig(BaseModel):
     # Weight of the model's share of the cores among models of the same priority level.
     share: float = Field(default=1.0, gt=0, le=1000)
     dynamic_batching: DynamicBatching | None = None
+    # The most fidelity a variant may lose against fp32 (its metadata's `loss`: 1 - task
+    # agreement) to be chosen; 0 keeps the model on its original file.
+    max_fidelity_loss: float = Field(default=0.01, ge=0, le=1)
     pinned: bool = False
     default_model_filename: str = "model.onnx"
     parameters: dict[str, str] = Field(default_factory=dict)

@@ -87,13 +87,12 @@ def candidates_from_profiles(
 def candidates_for_models(
     profiles: Iterable[Profile], models: Mapping[str, ModelConfig], cores: int, capacities: Mapping[str, int] | None = None
 ) -> dict[str, list[Candidate]]:
-    """Candidates per configured model, bounded by its `slo_ms` and `parameters.max_fidelity_loss`."""
+    """Candidates per configured model, bounded by its `slo_ms` and `max_fidelity_loss`."""
     profiles = list(profiles)
     out = {}
     for name, cfg in models.items():
-        loss = cfg.parameters.get("max_fidelity_loss")
         own = [p for p in profiles if p.model == name]
-        out[name] = candidates_from_profiles(own, cores, cfg.slo_ms, None if loss is None else float(loss), capacities)
+        out[name] = candidates_from_profiles(own, cores, cfg.slo_ms, cfg.max_fidelity_loss, capacities)
     return out
 
 
