@@ -630,6 +630,25 @@ def test_metrics_count_exactly(client: httpclient.InferenceServerClient, http: h
     assert samples[("edgeplex_inference_request_duration_us", "add")] > 0
     # /metrics and the statistics extension read the same counters
     assert stats_of(client, "add")["inference_stats"]["success"]["count"] == sent
+    assert samples[("edgeplex_inference_deadline_miss", "add")] == 0
+    assert samples[("edgeplex_placement_changes", "add")] == 1  # its load
+
+
+def test_metrics_of_processors_and_memory(client: httpclient.InferenceServerClient, http: httpx.Client) -> None:
+    def scrape() -> dict[str, float]:
+        families = text_string_to_metric_families(http.get("/metrics").text)
+        return {s.name: s.value for f in families for s in f.samples if s.labels.get("processor", "cpu") == "cpu"
+                and "model" not in s.labels}
+
+    before = scrape()
+    for i in range(20):
+        client.infer("add", [tensor("x", random_x(8, seed=i), "FP32")])
+    after = scrape()
+    assert after["edgeplex_processor_tokens_capacity"] == 2
+    assert after["edgeplex_processor_tokens_in_use"] == after["edgeplex_processor_waiting"] == 0
+    assert after["edgeplex_processor_busy_seconds_total"] > before["edgeplex_processor_busy_seconds_total"]
+    assert after["edgeplex_memory_used_bytes"] > 0
+    assert "edgeplex_memory_budget_bytes" not in after  # no --memory-budget
 
 
 # -- concurrency --------------------------------------------------------------------------------
@@ -688,6 +707,7 @@ def test_full_queue_is_429_with_retry_after_and_nothing_queued_is_lost(engine: E
 
     pool = engine.pools["cpu"]
     runner = engine.manager.runner("fixed")
+    assert metric_samples(http)[("edgeplex_inference_request_rejected", "fixed")] == 0
     taken = pool.acquire(pool.capacity)
     inputs = {"x": np.ones((2, 2), np.float32), "k": np.array(7, np.int64)}
     try:
@@ -704,3 +724,4 @@ def test_full_queue_is_429_with_retry_after_and_nothing_queued_is_lost(engine: E
         pool.release(taken)
     assert all(f.result(30).outputs["y2"] == 7 for f in queued)
     assert runner.stats.rejected == 1
+    assert metric_samples(http)[("edgeplex_inference_request_rejected", "fixed")] == 1

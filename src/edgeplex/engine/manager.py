@@ -62,6 +62,7 @@ class ModelState:
     memory_bytes: int = 0  # measured at its last load; the estimate for the next one
     stats: dict[str, ModelStats] = field(default_factory=dict)  # kept across evictions
     decisions: deque[Decision] = field(default_factory=lambda: deque(maxlen=20))
+    placements: int = 0  # placements installed, ever (loads and re-placements)
 
     @property
     def latest(self) -> str:
@@ -244,6 +245,7 @@ class ModelManager:
             state.state, state.reason, state.evicted = READY, "", False
             state.last_used = time.monotonic()
             state.decisions.append(Decision(time.time(), _describe(placement), placement.reason))
+            state.placements += 1
         log.info(
             "model %s ready: versions %s, %s, %.1f MB (%s)",
             config.name, ", ".join(sorted(opened)), _describe(placement), state.memory_bytes / 1e6,

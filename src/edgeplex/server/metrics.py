@@ -35,6 +35,14 @@ class EngineCollector(Collector):
             "edgeplex_inference_compute_infer_duration_us", "Cumulative compute time", labels=labels
         )
         pending = GaugeMetricFamily("edgeplex_pending_request_count", "Requests waiting in the queue", labels=labels)
+        rejected = CounterMetricFamily(
+            "edgeplex_inference_request_rejected", "Requests refused at admission (queue full, 429)", labels=labels
+        )
+        misses = CounterMetricFamily(
+            "edgeplex_inference_deadline_miss", "Requests past their deadline (refused unrun, or answered late)",
+            labels=labels,
+        )
+        reloads = CounterMetricFamily("edgeplex_model_reload", "Loads of an evicted model on request", labels=labels)
         memory = GaugeMetricFamily("edgeplex_model_memory_bytes", "Resident memory measured at load", labels=labels)
         for state in self.engine.models():
             for version, runner in state.runners.items():
@@ -49,15 +57,41 @@ class EngineCollector(Collector):
                 queue_us.add_metric(key, inference["queue"]["ns"] / 1000)
                 compute_us.add_metric(key, inference["compute_infer"]["ns"] / 1000)
                 pending.add_metric(key, len(runner.queue))
+                rejected.add_metric(key, runner.stats.rejected)
+                misses.add_metric(key, runner.stats.deadline_misses)
+                reloads.add_metric(key, runner.stats.reloads)
                 memory.add_metric(key, runner.memory_bytes)
-        yield from (success, failure, count, executions, request_us, queue_us, compute_us, pending, memory)
+        yield from (success, failure, count, executions, request_us, queue_us, compute_us, pending, rejected, misses,
+                    reloads, memory)
 
-        tokens = GaugeMetricFamily("edgeplex_processor_tokens_in_use", "Threads computing now", labels=["processor"])
-        capacity = GaugeMetricFamily("edgeplex_processor_tokens_capacity", "Cores in the budget", labels=["processor"])
+        changes = CounterMetricFamily(
+            "edgeplex_placement_changes", "Placements installed for the model (loads and re-placements)", labels=["model"]
+        )
+        for state in self.engine.models():
+            if state.placements:
+                changes.add_metric([state.name], state.placements)
+        yield changes
+        used = GaugeMetricFamily("edgeplex_memory_used_bytes", "Resident memory held by the loaded models")
+        used.add_metric([], self.engine.manager.memory_used())
+        yield used
+        if self.engine.manager.memory_budget is not None:
+            budget = GaugeMetricFamily("edgeplex_memory_budget_bytes", "The --memory-budget")
+            budget.add_metric([], self.engine.manager.memory_budget)
+            yield budget
+
+        processor = ["processor"]
+        tokens = GaugeMetricFamily("edgeplex_processor_tokens_in_use", "Threads computing now", labels=processor)
+        capacity = GaugeMetricFamily("edgeplex_processor_tokens_capacity", "Cores in the budget", labels=processor)
+        waiting = GaugeMetricFamily("edgeplex_processor_waiting", "Computations waiting for tokens", labels=processor)
+        busy = CounterMetricFamily(
+            "edgeplex_processor_busy_seconds", "Token-seconds held (rate / capacity = utilisation)", labels=processor
+        )
         for name, pool in self.engine.pools.items():
             tokens.add_metric([name], pool.in_use)
             capacity.add_metric([name], pool.capacity)
-        yield from (tokens, capacity)
+            waiting.add_metric([name], pool.waiting)
+            busy.add_metric([name], pool.busy_seconds)
+        yield from (tokens, capacity, waiting, busy)
 
 
 def metrics_registry(engine: Engine) -> CollectorRegistry:
