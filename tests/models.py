@@ -87,3 +87,44 @@ def build_tiny_repository(root: Path) -> Path:
     broken.mkdir(parents=True)
     (broken / "model.onnx").write_bytes(b"this is not an onnx file")
     return root
+
+
+def conv_model(path: Path, seed: int = 0, constants: bool = False) -> Path:
+    """A small convolutional classifier with real (random, He-scaled) weights, FP32 [B, 3, 16, 16] ->
+    [B, 10]: Conv 3->16, Relu, Conv 16->32 stride 2, Relu, global average pool, MatMul 32->256,
+    Relu, Gemm 256->10. About 20 k weights, so quantisation and pruning change sizes and outputs.
+    `constants`: weights in Constant nodes instead of initializers (as PaddlePaddle exports them)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+
+    def weight(name: str, *shape: int) -> onnx.TensorProto:
+        fan_in = int(np.prod(shape[1:])) if len(shape) == 4 else shape[0]
+        value = (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+        return helper.make_tensor(name, TensorProto.FLOAT, list(shape), value.tobytes(), raw=True)
+
+    def bias(name: str, n: int) -> onnx.TensorProto:
+        return helper.make_tensor(name, TensorProto.FLOAT, [n], (rng.standard_normal(n) * 0.1).astype(np.float32).tobytes(),
+                                  raw=True)
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])
+    inits = [weight("c1", 16, 3, 3, 3), bias("b1", 16), weight("c2", 32, 16, 3, 3), bias("b2", 32),
+             weight("m1", 32, 256), bias("b3", 256), weight("g1", 256, 10), bias("b4", 10),
+             helper.make_tensor("flat", TensorProto.INT64, [2], [0, -1])]
+    nodes = [
+        helper.make_node("Conv", ["x", "c1", "b1"], ["h1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "c2", "b2"], ["h2"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["h2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"]),
+        helper.make_node("Reshape", ["p", "flat"], ["f"]),
+        helper.make_node("MatMul", ["f", "m1"], ["h3"]),
+        helper.make_node("Add", ["h3", "b3"], ["h4"]),
+        helper.make_node("Relu", ["h4"], ["r4"]),
+        helper.make_node("Gemm", ["r4", "g1", "b4"], ["y"]),
+    ]
+    if constants:
+        nodes = [helper.make_node("Constant", [], [t.name], value=t) for t in inits] + nodes
+        inits = []
+    return _save(helper.make_graph(nodes, "conv", [x], [y], initializer=inits), path)

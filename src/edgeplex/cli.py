@@ -1,4 +1,4 @@
-"""`edgeplex serve | zoo | models | bench`: the command line."""
+"""`edgeplex serve | zoo | models | optimize | profile | bench`: the command line."""
 
 from __future__ import annotations
 
@@ -177,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .bench.cli import add_bench_parser
     from .tuning.cli import add_profile_parser
+    from .tuning.variants import add_optimize_parser
 
+    add_optimize_parser(commands)
     add_profile_parser(commands)
     add_bench_parser(commands)
     return parser
