@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from models import slow_model, write_config
 from tritonclient.utils import InferenceServerException
 
 from edgeplex.bench.process import running_server
-from models import slow_model, write_config
 
 pytestmark = pytest.mark.integration
 
