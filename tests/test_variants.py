@@ -213,16 +213,17 @@ def test_compare() -> None:
 
 # --- serving -----------------------------------------------------------------------------------------
 
-def test_the_engine_serves_a_variant_within_its_recorded_tolerance(repo: Path) -> None:
+@pytest.mark.parametrize(("backend", "variant"), [("onnxruntime", "int8-static"), ("openvino", "fp16")])
+def test_the_engine_serves_a_variant_within_its_recorded_tolerance(repo: Path, backend: str, variant: str) -> None:
     version_dir, config = _model(repo)
-    info = optimize(version_dir, config, "int8-static", samples=SAMPLES)
+    info = optimize(version_dir, config, variant, samples=SAMPLES)
     engine = Engine(repo, cores=1)
     try:
         engine.load_all(["conv"])
-        group = InstanceGroup(ExecutionConfig("onnxruntime", "cpu", "int8-static", 1, 8), 1)
-        engine.apply(ModelPlacement("conv", [group], reason="test: int8"))
+        group = InstanceGroup(ExecutionConfig(backend, "cpu", variant, 1, 8), 1)
+        engine.apply(ModelPlacement("conv", [group], reason=f"test: {variant}"))
         (instance,) = engine.manager.runner("conv").instances
-        assert instance.config.variant == "int8-static"
+        assert (instance.config.backend, instance.config.variant) == (backend, variant)
         for x in sample_inputs("conv", config, info.source_sha256, SAMPLES, EVALUATION_SEED):
             served = engine.infer(InferRequest("conv", x)).outputs["y"]
             assert np.abs(served - _run(version_dir / "model.onnx", x)).max() <= info.fidelity.max_abs_error + 1e-5

@@ -66,10 +66,11 @@ class _Compiled:
     def __init__(self, model: Any, compiled: Any) -> None:
         self.compiled = compiled
         self.request = compiled.create_infer_request()
-        self.inputs = [(port.get_any_name(), port.get_element_type().to_dtype(), port.get_partial_shape())
-                       for port in compiled.inputs]
         # Names come from the model as read: compiling merges the names of fused tensors into
-        # the outputs' (silero's `output` also answers to `If_0_outputs_0`).
+        # the ports' (silero's `output` also answers to `If_0_outputs_0`; an fp16 variant's input
+        # `images` became `graph_input_cast_0`). Inputs are passed by position.
+        self.inputs = [(read.get_any_name(), port.get_element_type().to_dtype(), port.get_partial_shape())
+                       for read, port in zip(model.inputs, compiled.inputs)]
         self.output_names = [port.get_any_name() for port in model.outputs]
         self.output_index: dict[str, int] = {}
         for i, (name, port) in enumerate(zip(self.output_names, compiled.outputs)):
@@ -128,7 +129,8 @@ class _Compiled:
             # shape: with copies it ran a wrong-shaped input on the previous run's data);
             # share_outputs returns views of the request's buffers, which the next run overwrites,
             # so only the requested outputs are copied out.
-            results = self.request.infer(dict(inputs), share_inputs=True, share_outputs=True)
+            feed = {index: inputs[name] for index, (name, _, _) in enumerate(self.inputs)}
+            results = self.request.infer(feed, share_inputs=True, share_outputs=True)
         except Exception as exc:
             text = str(exc)
             if any(fault in text for fault in _INPUT_FAULTS):
