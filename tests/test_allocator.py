@@ -105,3 +105,46 @@ def test_pareto_profiles_unprofiled_models_in_the_background_within_the_token_po
     for model in ("a", "b"):
         assert allocator.candidates({model: engine.manager.config(model)})[model]
     assert engine.pools["cpu"].peak <= 2 and engine.pools["cpu"].in_use == 0
+
+
+@pytest.mark.parametrize("max_loss", [0.01, 0.0])
+def test_pareto_picks_a_smaller_variant_when_memory_is_tight(tmp_path: Path, max_loss: float) -> None:
+    from dataclasses import replace
+
+    from models import conv_model
+
+    from edgeplex.engine.runner import ModelRunner
+    from edgeplex.repository import Repository
+    from edgeplex.tuning.variants import optimize
+
+    root = tmp_path / "repo"
+    conv_model(root / "conv" / "1" / "model.onnx")
+    write_config(root / "conv", max_batch_size=8, max_fidelity_loss=max_loss)
+    source = Repository(root).source("conv")
+    fp16 = optimize(source.versions[1], Repository(root).load_config(source), "fp16", samples=4)
+    assert 0 < fp16.loss < 0.001
+    # The plan keeps 20 % of the budget for swaps: 40 MB to plan with. One fp32 instance (made-up
+    # 45 MB) does not fit; two fp16 ones (20 MB each) do.
+    engine = Engine(root, cores=2, memory_budget=int(40_000_000 / 0.8))
+    try:
+        assert engine.load_all() == {}
+        store = ProfileStore(tmp_path / "profiles.sqlite")
+        original = root / "conv" / "1" / "model.onnx"
+        fp32 = replace(_profile("conv", original, "onnxruntime", 1, 100.0), memory_bytes=45_000_000)
+        half = replace(_profile("conv", fp16.path, "onnxruntime", 1, 90.0), memory_bytes=20_000_000,
+                       config=ExecutionConfig("onnxruntime", "cpu", "fp16", 1, 8))
+        store.put(fp32)
+        store.put(half)
+        result = Allocator(engine, "pareto", store, profile_missing=False).step(force=True)
+        assert result is not None
+        if max_loss == 0.0:  # the variant loses more than the model allows: nothing fits
+            assert result.placement == {} and "memory budget" in result.unplaced["conv"]
+            return
+        (group,) = result.placement["conv"].groups
+        assert (group.config.variant, group.count) == ("fp16", 2)
+        runner: ModelRunner = engine.manager.runner("conv")
+        assert {i.config.variant for i in runner.instances} == {"fp16"}
+        y = engine.infer(InferRequest("conv", {"x": np.ones((1, 3, 16, 16), np.float32)})).outputs
+        assert next(iter(y.values())).shape == (1, 10)
+    finally:
+        engine.close()

@@ -34,6 +34,7 @@ from .profile import Profile
 from .profiler import current_backend_versions, profile_model
 from .store import ProfileStore, file_hash
 from .timeshare import plan_shared, shared_lam
+from .variants import VARIANTS_DIR, variant_files
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class Allocator:
         self.slowdown: dict[str, float] = {}
         self.last_result: PlanResult | None = None
 
-        self._hashes: dict[str, str] = {}
+        self._hashes: dict[str, tuple[tuple[int, int], dict[str, tuple[str, float]]]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -138,36 +139,43 @@ class Allocator:
         return result
 
     def candidates(self, configs: dict[str, ModelConfig]) -> dict[str, list[Candidate]]:
-        """Each model's candidates from its stored profiles, at batch 1 and at the model's max batch
-        (the dynamic batcher forms the latter when the queue is deep)."""
+        """Each model's candidates from the stored profiles of its original and of its variants
+        (at batch 1 and at the model's max batch, which the dynamic batcher forms when the queue
+        is deep); a variant's fidelity loss is the one its metadata holds now."""
         profiles: list[Profile] = []
         versions = current_backend_versions()
         for name in configs:
-            digest = self._hash(name, configs[name])
-            if digest is not None and self.store is not None:
+            for variant, (digest, loss) in self._variants(name, configs[name]).items():
+                if self.store is None:
+                    continue
                 # Keyed by the file, not the name: a model with the same file shares its profiles.
                 stored = self.store.for_model(digest, backend_versions=versions)
-                profiles += [replace(p, model=name) for p in stored]
+                profiles += [replace(p, model=name, fidelity_loss=loss) for p in stored if p.config.variant == variant]
         return candidates_for_models(profiles, configs, self.engine.cores)
 
     def profile_unprofiled(self) -> None:
-        """Briefly profile, in the background, every model the store knows nothing of, holding
-        the measured config's cores (at the lowest priority) so serving is never oversubscribed."""
+        """Briefly profile, in the background, every model (or variant of it) the store knows
+        nothing of, holding the measured config's cores (at the lowest priority) so serving is
+        never oversubscribed."""
         assert self.store is not None
         configs = self._configs()
-        missing = [name for name, cands in self.candidates(configs).items() if not cands]
+        versions = current_backend_versions()
         pool = self.engine.pools["cpu"]
 
         def guard(config: ExecutionConfig) -> AbstractContextManager[Grant]:
             return pool.hold(config.threads or pool.capacity, BACKGROUND_PRIORITY)
 
-        for name in missing:
-            if self._stop.is_set():
-                return
-            log.info("profiling %s in the background (no stored profile)", name)
+        for name, config in configs.items():
+            known = self._variants(name, config)
+            missing = [v for v, (digest, _) in known.items()
+                       if not self.store.for_model(digest, backend_versions=versions)]
+            if not missing or self._stop.is_set():
+                continue
+            log.info("profiling %s (%s) in the background (no stored profile)", name, ", ".join(missing))
+            files = variant_files(self._model_file(name, config).parent, config.default_model_filename)
             profile_model(
-                name, self._model_file(name, configs[name]), configs[name], self.store, self.engine.cores,
-                iterations=20, warmup=2, max_seconds=self.profile_seconds, guard=guard,
+                name, files["fp32"][0], config, self.store, self.engine.cores, iterations=20, warmup=2,
+                max_seconds=self.profile_seconds, guard=guard, variants=files,  # what is stored is skipped
             )
 
     # -- helpers -------------------------------------------------------------------------------
@@ -195,13 +203,20 @@ class Allocator:
         source = self.engine.manager.repository.source(name)
         return source.versions[source.latest_version] / config.default_model_filename
 
-    def _hash(self, name: str, config: ModelConfig) -> str | None:
-        if name not in self._hashes:
-            path = self._model_file(name, config)
-            if not path.is_file():
-                return None
-            self._hashes[name] = file_hash(path)
-        return self._hashes[name]
+    def _variants(self, name: str, config: ModelConfig) -> dict[str, tuple[str, float]]:
+        """variant -> (file hash, fidelity loss) of the model's original and variants; cached
+        until the original or the variants folder changes."""
+        original = self._model_file(name, config)
+        if not original.is_file():
+            return {}
+        folder = original.parent / VARIANTS_DIR
+        stamp = (original.stat().st_mtime_ns, folder.stat().st_mtime_ns if folder.is_dir() else 0)
+        cached = self._hashes.get(name)
+        if cached is None or cached[0] != stamp:
+            files = variant_files(original.parent, config.default_model_filename)
+            cached = (stamp, {v: (file_hash(path), loss) for v, (path, loss) in files.items()})
+            self._hashes[name] = cached
+        return cached[1]
 
 
 def _solo_service_ms(placement: ModelPlacement, candidates: list[Candidate]) -> float:

@@ -21,6 +21,7 @@ from .pareto import pareto_front
 from .profile import Profile
 from .profiler import Step, candidate_batches, candidate_configs, profile_model
 from .store import ProfileStore, default_store_path
+from .variants import variant_files
 
 if TYPE_CHECKING:
     from ..repository import Repository
@@ -100,7 +101,8 @@ def _profile_one(args: argparse.Namespace, repository: Repository, store: Profil
     source = repository.source(name)
     config = repository.load_config(source)
     model_file = source.versions[source.latest_version] / config.default_model_filename
-    total = len(candidate_configs(config, args.cores, args.backends)) * len(candidate_batches(config))
+    files = variant_files(model_file.parent, config.default_model_filename)  # fp32 and its variants
+    total = len(candidate_configs(config, args.cores, args.backends, tuple(files))) * len(candidate_batches(config))
     show, close = _progress(total, name, quiet)
     tally: Counter[str] = Counter()
 
@@ -110,7 +112,8 @@ def _profile_one(args: argparse.Namespace, repository: Repository, store: Profil
 
     try:
         profiles = profile_model(name, model_file, config, store, args.cores, None, args.iterations, args.warmup, step,
-                                 backends=args.backends, max_seconds=args.max_seconds, retry_failed=args.retry_failed)
+                                 backends=args.backends, max_seconds=args.max_seconds, retry_failed=args.retry_failed,
+                                 variants=files)
     finally:
         close()
     front = pareto_front(profiles)

@@ -42,7 +42,7 @@ def plan_shared(
                 for m in set(demand) | set(candidates) if not candidates.get(m)}
     d = shares(demand, models)
     caps = {**(capacities or {}), "cpu": cores}
-    choices = [candidates[m] for m in models]
+    choices = [_useful(candidates[m], m, slowdown, current) for m in models]
     combos = math.prod(len(c) for c in choices)
     pool: Iterator[tuple[Candidate, ...]]
     if combos <= SEARCH_LIMIT:
@@ -87,6 +87,25 @@ def shared_lam(
         main = max(groups, key=lambda g: g.count)
         chosen[m], counts[m] = by_config[main.config], sum(g.count for g in groups)
     return _lam(chosen, counts, d, {**(capacities or {}), "cpu": cores}, slowdown) if chosen else 0.0
+
+
+def _useful(cands: list[Candidate], model: str, slowdown: Mapping[str, float] | None,
+            current: Placement | None) -> list[Candidate]:
+    """The candidates that can be part of a best plan: those no other on the same processor beats
+    on core-time per request, memory per instance and rate per instance (what an instance
+    delivers when memory limits the instances) together — variants multiply the configs, and
+    this keeps the exhaustive search small — and the one in use (a tie keeps it)."""
+    in_use = {g.config for g in current[model].groups} if current and model in current else set()
+
+    def key(c: Candidate) -> tuple[float, int, float]:
+        return _cost(c, model, slowdown), c.memory_bytes, -c.rate
+
+    def beaten(c: Candidate) -> bool:
+        mine = key(c)
+        return any(o.config.processor == c.config.processor and key(o) != mine
+                   and all(a <= b for a, b in zip(key(o), mine)) for o in cands)
+
+    return [c for c in cands if c.config in in_use or not beaten(c)]
 
 
 def _cost(c: Candidate, model: str, slowdown: Mapping[str, float] | None) -> float:
