@@ -195,6 +195,7 @@ def test_model_metadata(client: httpclient.InferenceServerClient) -> None:
         {"name": "y", "datatype": "FP32", "shape": [-1, 4]},
         {"name": "z", "datatype": "FP32", "shape": [-1, 4]},
     ]
+    assert add["parameters"] == {"variants": [], "in_use": ["fp32"]}  # no variants made
     sub = client.get_model_metadata("sub", "1")
     assert [(t["name"], t["datatype"], t["shape"]) for t in sub["inputs"]] == [
         ("a", "INT32", [-1, 3]),

@@ -320,6 +320,9 @@ def test_optimize_command(repo: Path, capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out
     assert "fp16" in out and "pruned-25" in out and "cosine" in out
     assert set(list_variants(repo / "conv" / "1")) == {"fp16", "pruned-25"}
+    assert main(["models", "--repository", str(repo)]) == 0
+    listed = [line.split() for line in capsys.readouterr().out.splitlines() if "variant" in line]
+    assert [(words[1], words[5]) for words in listed] == [("fp16", "loss"), ("pruned-25", "loss")]
     before = _snapshot(repo)
     assert main(["--quiet", "optimize", "sub", "--repository", str(repo), "--int8", "static", "--samples", "2"]) == 1
     out = capsys.readouterr().out

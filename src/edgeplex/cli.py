@@ -76,8 +76,10 @@ def _zoo(args: argparse.Namespace) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     from .repository import Repository
+    from .tuning.variants import list_variants, variant_summary
 
     repository = Repository(args.repository)
+    in_use = _variants_in_use(args.url)
     print(f"{'model':<14} {'backend':<12} {'batch':>5} {'inst':>4} {'thr':>3}  inputs -> outputs")
     for name, source in repository.scan().items():
         try:
@@ -91,7 +93,26 @@ def _models(args: argparse.Namespace) -> int:
             f"{name:<14} {config.backend:<12} {config.max_batch_size:>5} {config.instance_count:>4} "
             f"{config.threads:>3}  {ins} -> {outs}"
         )
+        version_dir = source.versions[source.latest_version] if source.versions else None
+        for info in list_variants(version_dir).values() if version_dir else []:
+            v = variant_summary(info, info.variant in in_use.get(name, set()))
+            task = f", {v['task_metric']} {v['task_agreement']:.3f}" if v["task_agreement"] is not None else ""
+            mark = "  (in use)" if v["in_use"] else ""
+            print(f"{'':<14} variant {v['name']:<13} {v['size_bytes'] / 1e6:6.2f} MB ({v['size_ratio']:.2f}x), "
+                  f"loss {v['loss']:.4f}, cosine {v['cosine']:.5f}{task}{mark}")
     return 0
+
+
+def _variants_in_use(url: str | None) -> dict[str, set[str]]:
+    """model -> variants its instances run, from a running server's placement (empty: none asked)."""
+    if not url:
+        return {}
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url.rstrip('/')}/v2/edgeplex/placement", timeout=10) as response:
+        report = json.load(response)
+    return {entry["model"]: {group["variant"] for group in entry["groups"]} for entry in report}
 
 
 def _placement(args: argparse.Namespace) -> int:
@@ -167,8 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--dest", type=Path)
     zoo.set_defaults(func=_zoo)
 
-    models = commands.add_parser("models", help="list a repository's models and their configs")
+    models = commands.add_parser("models", help="list a repository's models, their configs and variants")
     models.add_argument("--repository", type=Path, default=None)
+    models.add_argument("--url", default=None, help="a running server's HTTP address: mark the variants in use")
     models.set_defaults(func=_models)
 
     placement = commands.add_parser("placement", help="how a running server places each model, and why")

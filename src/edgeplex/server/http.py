@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from ..engine import Engine
 from ..errors import EdgeplexError, InvalidInput, ModelNotReady, PayloadTooLarge
+from ..tuning.variants import list_variants, variant_summary
 from .codec import (
     HEADER_LENGTH,
     decode_request,
@@ -97,7 +98,17 @@ def build_app(engine: Engine, max_body_bytes: int = 64 * 1024 * 1024) -> Starlet
         return json_response(server_metadata())
 
     async def model_metadata(request: Request) -> Response:
-        return json_response(engine.metadata(request.path_params["model"], version_of(request)))
+        name, version = request.path_params["model"], version_of(request)
+        document = engine.metadata(name, version)
+        # Beyond the V2 fields (JSON only; the gRPC message has no room): the version's variants.
+        runner = engine.manager.runner(name, version)
+        source = engine.manager.repository.source(name)
+        in_use = {instance.config.variant for instance in runner.instances}
+        variants = list_variants(source.versions[int(runner.version)])
+        document["parameters"] = {"variants": [variant_summary(info, info.variant in in_use)
+                                               for info in variants.values()],
+                                  "in_use": sorted(in_use)}
+        return json_response(document)
 
     async def model_ready(request: Request) -> Response:
         try:

@@ -109,6 +109,15 @@ def list_variants(version_dir: Path, source: Path | None = None) -> dict[str, Va
     return found
 
 
+def variant_summary(info: VariantInfo, in_use: bool = False) -> dict[str, Any]:
+    """What `edgeplex models` and the model metadata show of a variant."""
+    fidelity = info.fidelity
+    return {"name": info.variant, "method": info.method, "size_bytes": info.size_bytes,
+            "size_ratio": round(info.size_ratio, 4), "loss": round(info.loss, 6),
+            "cosine": round(fidelity.cosine, 6), "task_metric": fidelity.task_metric,
+            "task_agreement": fidelity.task_agreement, "in_use": in_use}
+
+
 def variant_files(version_dir: Path, model_filename: str = "model.onnx") -> dict[str, tuple[Path, float]]:
     """variant -> (file, fidelity loss), the original as "fp32" with loss 0: what the profiler takes."""
     original = version_dir / model_filename
