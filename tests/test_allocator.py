@@ -148,3 +148,47 @@ def test_pareto_picks_a_smaller_variant_when_memory_is_tight(tmp_path: Path, max
         assert next(iter(y.values())).shape == (1, 10)
     finally:
         engine.close()
+
+
+def test_pareto_brings_an_evicted_model_back_with_smaller_variants(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from edgeplex.repository import Repository
+    from edgeplex.tuning.variants import optimize
+
+    root = tmp_path / "repo"
+    for name in ("a", "b"):  # 100.7 MB of fp32 weights each; int8-dynamic: 25.2 MB
+        slow_model(root / name / "1" / "model.onnx", size=1024, layers=24)
+        write_config(root / name, max_batch_size=8, instance_count=1)
+    repository = Repository(root)
+    for name in ("a", "b"):
+        source = repository.source(name)
+        assert optimize(source.versions[1], repository.load_config(source), "int8-dynamic", samples=2).loss < 0.01
+    # Not two fp32 models (at least 2 x 100.7 MB), but one and an int8 one, or a warm swap of
+    # one to int8, with room for the noise of resident-set measurements (up to ~30 MB each).
+    engine = Engine(root, cores=1, memory_budget=190_000_000)
+    try:
+        assert engine.load_all() == {}
+        states = {s.name: s for s in engine.models()}
+        assert states["a"].evicted and states["b"].state == "READY"  # loading b evicted a
+        store = ProfileStore(tmp_path / "profiles.sqlite")
+        for name in ("a", "b"):
+            folder = root / name / "1"
+            fp32 = _profile(name, folder / "model.onnx", "onnxruntime", 1, 100.0)
+            store.put(replace(fp32, memory_bytes=100_700_000))
+            int8 = _profile(name, folder / "variants" / "int8-dynamic.onnx", "onnxruntime", 1, 60.0)
+            store.put(replace(int8, memory_bytes=25_200_000, config=replace(int8.config, variant="int8-dynamic")))
+        result = Allocator(engine, "pareto", store, profile_missing=False).step()
+        assert result is not None and set(result.placement) == {"a", "b"}
+        for name in ("a", "b"):
+            state = engine.manager.state(name)
+            assert state.state == "READY" and not state.evicted
+            assert state.stats["1"].reloads == 0  # brought back by the allocator, not by a request
+        # Two fp32 models cannot fit: one of them (at least) now runs int8.
+        variants = {m: {i.config.variant for i in engine.manager.runner(m).instances} for m in ("a", "b")}
+        assert {"int8-dynamic"} in variants.values(), variants
+        assert engine.manager.memory_used() <= 190_000_000
+        y = engine.infer(InferRequest("a", {"x": np.ones((1, 1024), np.float32)})).outputs["y"]
+        assert y.shape == (1, 1024)
+    finally:
+        engine.close()

@@ -165,14 +165,14 @@ class ModelManager:
             raise
         return state
 
-    def ensure_loaded(self, name: str) -> None:
-        """Load an evicted model again (a request is waiting for it); counted in its statistics."""
+    def ensure_loaded(self, name: str, on_request: bool = True) -> None:
+        """Load an evicted model again; counted in its statistics when a request waits for it."""
         with self._load_lock:
             state = self.state(name)
             if state.state == READY or not state.evicted:
                 return
             self.load(name)
-            for stats in state.stats.values():
+            for stats in state.stats.values() if on_request else ():
                 stats.reloads += 1
 
     def apply(self, placement: ModelPlacement) -> None:
@@ -219,7 +219,7 @@ class ModelManager:
         plan = {str(v): _reuse(state.runners.get(str(v)) if reuse and state.state == READY else None, placement)
                 for v in source.versions}
         to_open = {v: missing for v, (_, missing) in plan.items()}
-        self._make_room(state, self._estimate(state, source, config, sum(n for m in to_open.values() for _, n in m)))
+        self._make_room(state, self._estimate(state, source, config, to_open))
         opened = self._open(source, config, to_open)
         grown = sum(inst.memory_bytes for instances in opened.values() for inst in instances)
         try:
@@ -252,15 +252,22 @@ class ModelManager:
             placement.reason or "no reason given",
         )
 
-    def _estimate(self, state: ModelState, source: ModelSource, config: ModelConfig, instances: int) -> int:
-        """Bytes `instances` new instances will take: the last measurement, else the file's size
-        (its weights at least); a wrong guess is corrected once the load has been measured."""
-        if state.memory_bytes and state.runners:
-            per_instance = state.memory_bytes // max(1, sum(len(r.instances) for r in state.runners.values()))
-        else:
-            latest = source.versions[max(source.versions)] / config.default_model_filename
-            per_instance = latest.stat().st_size if latest.is_file() else 0
-        return per_instance * instances
+    def _estimate(self, state: ModelState, source: ModelSource, config: ModelConfig,
+                  to_open: dict[str, list[tuple[ExecutionConfig, int]]]) -> int:
+        """Bytes the instances to open will take: what an instance of the same backend and variant
+        measured, else the file's size (its weights at least: a variant's file may be a quarter
+        of the original's); a wrong guess is corrected once the load has been measured."""
+        measured = {(i.config.backend, i.config.variant): i.memory_bytes
+                    for runner in state.runners.values() for i in runner.instances}
+        total = 0
+        for version, wanted in to_open.items():
+            for exec_config, count in wanted:
+                each = measured.get((exec_config.backend, exec_config.variant))
+                if each is None:
+                    path = model_file(source.versions[int(version)], config, exec_config)
+                    each = path.stat().st_size
+                total += each * count
+        return total
 
     def _make_room(self, loading: ModelState, need: int) -> None:
         """Evict least recently used models (not pinned, not busy) until `need` more bytes fit."""

@@ -125,7 +125,9 @@ class Allocator:
         # The token pool time-shares cores between models: plan under that model of the box.
         result = plan_shared(demand, candidates, cores, budget, self.slowdown, current)
         self.last_result = result
-        now = shared_lam(current, demand, candidates, cores, self.slowdown)
+        evicted = sorted(m for m in candidates if self.engine.manager.state(m).evicted)
+        # A model evicted for memory serves nothing: any plan that fits it back in is a gain.
+        now = 0.0 if evicted else shared_lam(current, demand, candidates, cores, self.slowdown)
         log.debug("plan: demand %s, slowdown %s: current %.3f, planned %.3f (%s)",
                   {m: round(v, 1) for m, v in demand.items()}, {m: round(v, 2) for m, v in self.slowdown.items()},
                   now, result.lam, {m: p.groups[0].count for m, p in result.placement.items()})
@@ -136,6 +138,12 @@ class Allocator:
             placement.reason = f"pareto: {placement.reason}; {gain}"
             placement.extra["slowdown"] = round(self.slowdown.get(name, 1.0), 3)
         self._apply_all(result.placement)
+        for name in evicted:  # back in, under its new (smaller) placement
+            if name in result.placement and not self._stop.is_set():
+                try:
+                    self.engine.manager.ensure_loaded(name, on_request=False)
+                except Exception as exc:  # it stays evicted; a request will try again
+                    log.error("model %s could not be loaded back: %s", name, exc)
         return result
 
     def candidates(self, configs: dict[str, ModelConfig]) -> dict[str, list[Candidate]]:
@@ -180,7 +188,10 @@ class Allocator:
 
     # -- helpers -------------------------------------------------------------------------------
     def _configs(self) -> dict[str, ModelConfig]:
-        return {s.name: s.config for s in self.engine.models() if s.state == "READY" and s.config is not None}
+        """The models to place: those serving, and those evicted for memory (a placement with
+        smaller variants may fit them all back in)."""
+        return {s.name: s.config for s in self.engine.models()
+                if (s.state == "READY" or s.evicted) and s.config is not None}
 
     def _apply_all(self, placement: Placement) -> None:
         """Apply model by model, those that shrink first: memory they free is there for the rest."""
