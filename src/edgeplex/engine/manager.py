@@ -31,6 +31,7 @@ from .stats import ModelStats
 log = logging.getLogger(__name__)
 
 READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNLOADING"
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 60.0  # back-off of failed reloads
 EVICTED_REASON = "evicted to stay within the memory budget; loaded again on its next request"
 
 
@@ -63,6 +64,10 @@ class ModelState:
     stats: dict[str, ModelStats] = field(default_factory=dict)  # kept across evictions
     decisions: deque[Decision] = field(default_factory=lambda: deque(maxlen=20))
     placements: int = 0  # placements installed, ever (loads and re-placements)
+    # Reloads of an evicted model that failed in a row, and when the next may be tried: requests
+    # for a model that cannot come back get its reason at once instead of each trying a load.
+    reload_failures: int = 0
+    retry_at: float = 0.0
 
     @property
     def latest(self) -> str:
@@ -166,12 +171,28 @@ class ModelManager:
         return state
 
     def ensure_loaded(self, name: str, on_request: bool = True) -> None:
-        """Load an evicted model again; counted in its statistics when a request waits for it."""
+        """Load an evicted model again; counted in its statistics when a request waits for it.
+        After a failed reload, further tries wait an exponential back-off (0.5 s doubling to
+        60 s) and are refused with the last reason meanwhile."""
         with self._load_lock:
             state = self.state(name)
             if state.state == READY or not state.evicted:
                 return
-            self.load(name)
+            wait = state.retry_at - time.monotonic()
+            if wait > 0:
+                raise ModelNotReady(
+                    f"model '{name}' could not be loaded back ({state.reload_failures} tries failed: {state.reason}); "
+                    f"next try in {wait:.1f} s"
+                )
+            try:
+                self.load(name)
+            except EdgeplexError as exc:
+                with self._lock:
+                    state.reload_failures += 1
+                    state.retry_at = time.monotonic() + min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (state.reload_failures - 1))
+                    state.evicted, state.reason = True, exc.message  # still evicted: a later try may fit
+                raise
+            state.reload_failures, state.retry_at = 0, 0.0
             for stats in state.stats.values() if on_request else ():
                 stats.reloads += 1
 

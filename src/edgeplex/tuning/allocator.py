@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
@@ -67,6 +68,8 @@ class Allocator:
 
         self._hashes: dict[str, tuple[tuple[int, int], dict[str, tuple[str, float]]]] = {}
         self._stop = threading.Event()
+        # model -> (the placement that failed, when it may be tried again, failures in a row)
+        self._failed: dict[str, tuple[ModelPlacement, float, int]] = {}
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -205,10 +208,16 @@ class Allocator:
             model_placement = placement[name]
             if self._stop.is_set():
                 return
+            failed = self._failed.get(name)
+            if failed and failed[0].same_configs(model_placement) and time.monotonic() < failed[1]:
+                continue  # this very placement failed a moment ago: back off instead of looping
             try:
                 self.engine.apply(model_placement)
+                self._failed.pop(name, None)
             except Exception as exc:  # one model's failed swap leaves it as it was; the rest go on
-                log.error("placement of %s failed, it keeps its previous one: %s", name, exc)
+                tries = failed[2] + 1 if failed and failed[0].same_configs(model_placement) else 1
+                self._failed[name] = (model_placement, time.monotonic() + min(60.0, 2.0 * 2 ** (tries - 1)), tries)
+                log.error("placement of %s failed (%d in a row), it keeps its previous one: %s", name, tries, exc)
 
     def _model_file(self, name: str, config: ModelConfig) -> Path:
         source = self.engine.manager.repository.source(name)

@@ -1,0 +1,103 @@
+"""Faults stay contained: a model that fails at run time, one that cannot come back under the
+memory budget, a placement its backend cannot run; the others keep serving, and repeated
+failures back off instead of looping."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from models import add_model, slow_model, write_config
+from onnx import TensorProto, helper
+
+from edgeplex.backends import ExecutionConfig
+from edgeplex.engine import Engine, InferRequest
+from edgeplex.engine.placement import InstanceGroup, ModelPlacement
+from edgeplex.errors import BackendError, ModelNotReady
+from edgeplex.tuning.allocator import Allocator
+
+
+def reshape_model(path: Path) -> Path:
+    """y = reshape(x, [-1, 3]) for x FP32 [B, 4]: fails at run time unless 4B is a multiple of 3."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 3])
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "reshape", [x], [y], [shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_model_failing_at_run_time_answers_errors_and_the_others_serve(tmp_path: Path) -> None:
+    reshape_model(tmp_path / "reshape" / "1" / "model.onnx")
+    write_config(tmp_path / "reshape", max_batch_size=0, inputs=[{"name": "x", "datatype": "FP32", "dims": [-1, 4]}],
+                 outputs=[{"name": "y", "datatype": "FP32", "dims": [-1, 3]}])
+    add_model(tmp_path / "add" / "1" / "model.onnx")
+    engine = Engine(tmp_path, cores=1)
+    try:
+        assert engine.load_all() == {}
+        for _ in range(3):  # the executor thread survives every failure
+            with pytest.raises(BackendError) as info:
+                engine.infer(InferRequest("reshape", {"x": np.ones((1, 4), np.float32)}))
+            assert info.value.http_status == 500 and "reshape" in info.value.message
+        ok = engine.infer(InferRequest("reshape", {"x": np.ones((3, 4), np.float32)}))
+        assert ok.outputs["y"].shape == (4, 3)
+        assert engine.infer(InferRequest("add", {"x": np.ones((1, 4), np.float32)})).outputs["y"].shape == (1, 4)
+        stats = engine.statistics("reshape")[0]["inference_stats"]
+        assert (stats["fail"]["count"], stats["success"]["count"]) == (3, 1)
+    finally:
+        engine.close()
+
+
+def test_a_model_that_cannot_come_back_is_refused_at_once_with_back_off(tmp_path: Path) -> None:
+    for name, pinned in (("a", False), ("b", True)):
+        slow_model(tmp_path / name / "1" / "model.onnx", size=512, layers=8)  # 8.4 MB each
+        write_config(tmp_path / name, max_batch_size=8, pinned=pinned)
+    engine = Engine(tmp_path, cores=1, memory_budget=12_000_000)  # one of them
+    try:
+        assert engine.load_all() == {}  # b's load evicted a; b is pinned, so a cannot come back
+        x = {"x": np.ones((1, 512), np.float32)}
+        with pytest.raises(ModelNotReady, match="memory budget is 12.0 MB"):
+            engine.infer(InferRequest("a", x))
+        started = time.monotonic()
+        with pytest.raises(ModelNotReady, match=r"could not be loaded back \(1 tries failed.*next try in"):
+            engine.infer(InferRequest("a", x))
+        assert time.monotonic() - started < 0.1  # no load attempted
+        time.sleep(0.6)
+        with pytest.raises(ModelNotReady, match="memory budget"):  # tried again after the back-off
+            engine.infer(InferRequest("a", x))
+        with pytest.raises(ModelNotReady, match=r"2 tries failed.*next try in (0\.\d|1\.0) s"):
+            engine.infer(InferRequest("a", x))
+        assert engine.infer(InferRequest("b", x)).outputs["y"].shape == (1, 512)
+        engine.unload("b")
+        time.sleep(1.1)
+        assert engine.infer(InferRequest("a", x)).outputs["y"].shape == (1, 512)  # room again: it comes back
+        assert engine.manager.state("a").reload_failures == 0
+    finally:
+        engine.close()
+
+
+def test_a_placement_that_fails_is_not_retried_in_a_loop(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    add_model(tmp_path / "add" / "1" / "model.onnx")
+    engine = Engine(tmp_path, cores=1)
+    try:
+        assert engine.load_all() == {}
+        allocator = Allocator(engine, "static")
+        impossible = ModelPlacement("add", [InstanceGroup(ExecutionConfig("onnxruntime", "cuda:7", "fp32", 1, 4))],
+                                    reason="test: a processor this machine lacks")
+        with caplog.at_level(logging.ERROR, logger="edgeplex.tuning.allocator"):
+            for _ in range(5):
+                allocator._apply_all({"add": impossible})
+        failures = [r.getMessage() for r in caplog.records if "placement of add failed" in r.getMessage()]
+        assert len(failures) == 1 and "cuda:7" in failures[0]
+        (instance,) = engine.manager.runner("add").instances  # it keeps the placement it had
+        assert instance.config.processor == "cpu"
+        assert engine.infer(InferRequest("add", {"x": np.ones((1, 4), np.float32)})).outputs["y"].shape == (1, 4)
+    finally:
+        engine.close()
