@@ -35,7 +35,8 @@ def grpc_port(engine: Engine) -> Iterator[int]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="grpc-test-loop", daemon=True)
     thread.start()
-    server, port = asyncio.run_coroutine_threadsafe(start_grpc_server(engine, "127.0.0.1", 0), loop).result(30)
+    starting = start_grpc_server(engine, "127.0.0.1", 0, repository_api=True)
+    server, port = asyncio.run_coroutine_threadsafe(starting, loop).result(30)
 
     async def stop() -> None:
         await server.stop(1.0)

@@ -24,6 +24,20 @@ class InvalidInput(EdgeplexError):
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class Unauthenticated(EdgeplexError):
+    """The server requires an API key and the request carries none, or a wrong one."""
+
+    http_status = 401
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class Forbidden(EdgeplexError):
+    """The operation is switched off on this server (e.g. the repository load/unload API)."""
+
+    http_status = 403
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class ModelNotFound(EdgeplexError):
     """No such model or version in the repository."""
 

@@ -21,6 +21,7 @@ from .config import ModelConfig, read_config_file, validate_config
 from .errors import ConfigError, ModelNotFound
 from .tensors import ONNX_TO_V2
 
+MAX_NAME_LENGTH = 200  # file systems refuse names past 255 bytes
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 # Triton's ONNX Runtime backend completes max_batch_size to 4 when the model can batch.
 AUTOCOMPLETE_MAX_BATCH = 4
@@ -58,10 +59,14 @@ class Repository:
 
     def source(self, name: str) -> ModelSource:
         """One model's folder; ModelNotFound for names that are not (safely) in the repository."""
-        if not MODEL_NAME.match(name) or name in (".", ".."):
-            raise ModelNotFound(f"model '{name}' is not in the repository")
+        if not MODEL_NAME.match(name) or name in (".", "..") or len(name) > MAX_NAME_LENGTH:
+            raise ModelNotFound(f"model '{name[:MAX_NAME_LENGTH]}' is not in the repository")
         path = self.root / name
-        if not path.is_dir():
+        try:
+            found = path.is_dir()
+        except OSError:  # a name the file system refuses is no model of ours
+            found = False
+        if not found:
             raise ModelNotFound(f"model '{name}' is not in the repository")
         return self._source(path)
 

@@ -20,7 +20,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from ..engine import Engine, InferRequest, InferResponse
-from ..errors import EdgeplexError, InvalidInput
+from ..errors import EdgeplexError, Forbidden, InvalidInput
 from ..tensors import (
     V2_TO_NUMPY,
     check_shape,
@@ -30,7 +30,9 @@ from ..tensors import (
     v2_datatype,
 )
 from . import triton
+from .auth import ApiKeyInterceptor
 from .grpc_wire import parse_infer_request, serialize_infer_response, serialize_stream_response
+from .triton import REPOSITORY_API_OFF
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +207,9 @@ def _unary(handler: Handler) -> Handler:
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     """`inference.GRPCInferenceService` answered by an Engine; unlisted RPCs stay UNIMPLEMENTED."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, repository_api: bool = False) -> None:
         self.engine = engine
+        self.repository_api = repository_api
 
     @_unary
     async def ServerLive(self, request: Any, context: Any) -> Any:
@@ -250,6 +253,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     @_unary
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        self._repository_api_allowed()
         overrides = [key for key in request.parameters if key == "config" or key.startswith("file:")]
         if overrides:
             raise InvalidInput(f"model '{request.model_name}': load parameter '{overrides[0]}' is not supported")
@@ -258,8 +262,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     @_unary
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        self._repository_api_allowed()
         await asyncio.to_thread(self.engine.unload, request.model_name)  # drains the queue: blocks
         return service_pb2.RepositoryModelUnloadResponse()
+
+    def _repository_api_allowed(self) -> None:
+        if not self.repository_api:
+            raise Forbidden(REPOSITORY_API_OFF)
 
     @_unary
     async def ModelInfer(self, request: Any, context: Any) -> Any:
@@ -338,11 +347,14 @@ def _register(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
 
 
 async def start_grpc_server(
-    engine: Engine, host: str, port: int, max_message_bytes: int = 64 * 1024 * 1024
+    engine: Engine, host: str, port: int, max_message_bytes: int = 64 * 1024 * 1024, *,
+    api_key: str | None = None, repository_api: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     """Start serving `engine` on host:port (0 = a free port); returns the server and its port.
+    With `api_key`, every call must carry it; `repository_api` allows model load/unload.
     Stopping it is the caller's: `await server.stop(grace)`."""
     server = grpc.aio.server(
+        interceptors=[ApiKeyInterceptor(api_key)] if api_key else None,
         options=[
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -350,7 +362,7 @@ async def start_grpc_server(
             ("grpc.so_reuseport", 0),
         ]
     )
-    _register(InferenceServicer(engine), server)
+    _register(InferenceServicer(engine, repository_api), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     bound = server.add_insecure_port(address)
     if bound == 0:

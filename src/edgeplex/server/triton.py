@@ -18,6 +18,9 @@ EXTENSIONS = [
 ]
 
 
+REPOSITORY_API_OFF = "the repository load/unload API is off on this server (start it with --enable-repository-api)"
+
+
 def server_metadata() -> dict[str, Any]:
     return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
 

@@ -1,0 +1,116 @@
+"""API-key authentication, the same for both transports: an ASGI middleware for HTTP and a
+grpc.aio interceptor for gRPC. When a key is set, every request must carry it, as
+`Authorization: Bearer <key>` or `x-api-key: <key>` (HTTP headers / gRPC metadata, which
+tritonclient sends with `headers=`). Keys are compared in constant time."""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import orjson
+
+from ..errors import ConfigError, Unauthenticated
+
+REALM = 'Bearer realm="edgeplex"'
+
+
+def read_api_key(key: str | None, key_file: Path | None) -> str | None:
+    """The key from `--api-key`, else `--api-key-file` (first line), else EDGEPLEX_API_KEY."""
+    if key is None and key_file is not None:
+        try:
+            lines = key_file.read_text().strip().splitlines()
+        except OSError as exc:
+            raise ConfigError(f"--api-key-file {key_file}: cannot read: {exc}") from None
+        key = lines[0] if lines else ""
+    if key is None:
+        key = os.environ.get("EDGEPLEX_API_KEY")
+    if key is not None and len(key.strip()) < 8:
+        raise ConfigError("the API key must have at least 8 characters")
+    return key.strip() if key is not None else None
+
+
+def presented_key(headers: Iterable[tuple[str, str]]) -> str | None:
+    """The key a request carries, from `authorization: Bearer` or `x-api-key`."""
+    for name, value in headers:
+        name = name.lower()
+        if name == "x-api-key":
+            return value.strip()
+        if name == "authorization" and value[:7].lower() == "bearer ":
+            return value[7:].strip()
+    return None
+
+
+def check(expected: str, headers: Iterable[tuple[str, str]]) -> None:
+    """Unauthenticated unless the headers carry `expected`."""
+    given = presented_key(headers)
+    if given is None:
+        raise Unauthenticated("this server requires an API key: send 'Authorization: Bearer <key>' or 'x-api-key'")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise Unauthenticated("the API key is not valid")
+
+
+class ApiKeyMiddleware:
+    """ASGI middleware refusing HTTP requests without the key (401 + WWW-Authenticate)."""
+
+    def __init__(self, app: Any, key: str) -> None:
+        self.app = app
+        self.key = key
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", [])]
+        try:
+            check(self.key, headers)
+        except Unauthenticated as exc:
+            body = orjson.dumps({"error": exc.message})
+            await send({"type": "http.response.start", "status": 401, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                (b"www-authenticate", REALM.encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """grpc.aio interceptor refusing calls without the key (UNAUTHENTICATED)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
+    ) -> Any:
+        metadata = [(k, v if isinstance(v, str) else v.decode("latin-1"))
+                    for k, v in (handler_call_details.invocation_metadata or ())]
+        try:
+            check(self.key, metadata)
+        except Unauthenticated as exc:
+            return _refusal(await continuation(handler_call_details), exc.message)
+        return await continuation(handler_call_details)
+
+
+def _refusal(handler: Any, message: str) -> Any:
+    """A handler of the same kind as `handler` that aborts with UNAUTHENTICATED."""
+
+    async def abort_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def abort_stream(request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    if handler is None:
+        return None
+    if handler.request_streaming:
+        return grpc.stream_stream_rpc_method_handler(
+            abort_stream, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+    return grpc.unary_unary_rpc_method_handler(
+        abort_unary, request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer)

@@ -1,0 +1,117 @@
+"""Secure defaults on both transports: API keys, the repository API off unless enabled, model
+names and versions that cannot reach outside the repository."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from edgeplex.engine import Engine
+from edgeplex.errors import ConfigError
+from edgeplex.server.auth import presented_key, read_api_key
+from edgeplex.server.grpc import start_grpc_server
+
+KEY = "s3cret-key-for-tests"
+
+
+@contextmanager
+def grpc_server(engine: Engine, **options: object) -> Iterator[str]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    starting = start_grpc_server(engine, "127.0.0.1", 0, **options)  # type: ignore[arg-type]
+    server, port = asyncio.run_coroutine_threadsafe(starting, loop).result(30)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(0.5), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()
+
+
+def add_inputs() -> list[grpcclient.InferInput]:
+    item = grpcclient.InferInput("x", [1, 4], "FP32")
+    item.set_data_from_numpy(np.ones((1, 4), np.float32))
+    return [item]
+
+
+def status_of(call: object) -> tuple[str, str]:
+    assert callable(call)
+    with pytest.raises(InferenceServerException) as info:
+        call()
+    return str(info.value.status()), str(info.value.message())
+
+
+def test_grpc_requires_the_api_key_on_every_call(engine: Engine) -> None:
+    with grpc_server(engine, api_key=KEY) as url:
+        client = grpcclient.InferenceServerClient(url)
+        for call in (lambda: client.is_server_live(), lambda: client.get_model_metadata("add"),
+                     lambda: client.infer("add", add_inputs())):
+            status, message = status_of(call)
+            assert status == "StatusCode.UNAUTHENTICATED" and "requires an API key" in message
+        status, message = status_of(lambda: client.infer("add", add_inputs(), headers={"x-api-key": "wrong-key-123"}))
+        assert (status, message) == ("StatusCode.UNAUTHENTICATED", "the API key is not valid")
+        for headers in ({"authorization": f"Bearer {KEY}"}, {"x-api-key": KEY}):
+            result = client.infer("add", add_inputs(), headers=headers)
+            np.testing.assert_array_equal(result.as_numpy("y"), np.full((1, 4), 2, np.float32))
+            assert client.is_server_live(headers=headers)
+        client.close()
+        # Streaming too: the stream is refused before any request is read.
+        with grpc.insecure_channel(url) as channel:
+            from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                list(stub.ModelStreamInfer(iter([service_pb2.ModelInferRequest(model_name="add")])))
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_grpc_repository_load_and_unload_are_off_unless_enabled(engine: Engine) -> None:
+    with grpc_server(engine) as url:
+        client = grpcclient.InferenceServerClient(url)
+        for call in (lambda: client.unload_model("add"), lambda: client.load_model("add")):
+            status, message = status_of(call)
+            assert status == "StatusCode.PERMISSION_DENIED" and "--enable-repository-api" in message
+        assert engine.is_ready("add")  # nothing was unloaded
+        assert {m["name"] for m in client.get_model_repository_index(as_json=True)["models"]} >= {"add"}
+        client.close()
+
+
+@pytest.mark.parametrize("name", ["..", "../add", "add/../add", "/etc/passwd", "add\x00", "a" * 300, "%2e%2e"])
+def test_grpc_model_names_cannot_leave_the_repository(engine: Engine, name: str) -> None:
+    with grpc_server(engine, repository_api=True) as url:
+        client = grpcclient.InferenceServerClient(url)
+        for call in (lambda: client.get_model_metadata(name), lambda: client.load_model(name),
+                     lambda: client.infer(name, add_inputs())):
+            status, _ = status_of(call)
+            assert status in ("StatusCode.NOT_FOUND", "StatusCode.INVALID_ARGUMENT")
+        status, _ = status_of(lambda: client.get_model_metadata("add", model_version="../1"))
+        assert status == "StatusCode.NOT_FOUND"
+        client.close()
+
+
+def test_api_key_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EDGEPLEX_API_KEY", raising=False)
+    assert read_api_key(None, None) is None
+    assert read_api_key(" given-key-1 ", None) == "given-key-1"
+    (tmp_path / "key").write_text("file-key-123\n")
+    assert read_api_key(None, tmp_path / "key") == "file-key-123"
+    monkeypatch.setenv("EDGEPLEX_API_KEY", "env-key-1234")
+    assert read_api_key(None, None) == "env-key-1234"
+    with pytest.raises(ConfigError, match="at least 8"):
+        read_api_key("short", None)
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_api_key(None, tmp_path / "missing")
+    assert presented_key([("Authorization", "bearer abc")]) == "abc"
+    assert presented_key([("X-Api-Key", " k ")]) == "k"
+    assert presented_key([("authorization", "Basic abc")]) is None
