@@ -41,8 +41,16 @@ def _serve(args: argparse.Namespace) -> int:
     failures = engine.load_all(args.model or None)
     for name, reason in failures.items():
         logging.getLogger("edgeplex").warning("model %s is not ready: %s", name, reason)
-    store = ProfileStore(args.profile_store or default_store_path()) if args.policy == "pareto" else None
+    store_path = args.profile_store or default_store_path()
+    store = ProfileStore(store_path) if args.policy == "pareto" else None
     allocator = Allocator(engine, args.policy, store, interval_s=args.replan_seconds)
+    # The dashboard's fronts: the store pareto plans with, else one measured before (if any).
+    fronts = store
+    if fronts is None and store_path.is_file():
+        try:
+            fronts = ProfileStore(store_path)
+        except EdgeplexError as exc:
+            logging.getLogger("edgeplex").warning("the dashboard shows no fronts: %s", exc.message)
     allocator.start()
 
     def started(http_port: int, grpc_port: int) -> None:
@@ -53,7 +61,8 @@ def _serve(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    asyncio.run(serve(engine, config, drain_seconds=args.drain_seconds, on_started=started, on_stopping=allocator.stop))
+    asyncio.run(serve(engine, config, drain_seconds=args.drain_seconds, on_started=started,
+                      on_stopping=allocator.stop, profiles=fronts))
     return 0
 
 

@@ -1,17 +1,23 @@
 """Per-model statistics in the shape of Triton's statistics extension.
 
 Counts and cumulative nanoseconds, updated by executor threads under a lock; read by the
-HTTP/gRPC statistics endpoints and by Prometheus.
+HTTP/gRPC statistics endpoints and by Prometheus. Beside them, a bounded ring of the latest
+requests' end-to-end latencies (one append per request), from which the dashboard reads
+recent percentiles that cumulative sums cannot give.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+RECENT_REQUESTS = 2048  # latencies kept per model version for recent percentiles
 
 
 @dataclass
@@ -40,6 +46,8 @@ class ModelStats:
     rejected: int = 0
     deadline_misses: int = 0
     batch: dict[int, dict[str, Duration]] = field(default_factory=dict)
+    # (monotonic seconds at the answer, end-to-end ns) of the latest successful requests.
+    recent: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=RECENT_REQUESTS), repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record_success(
@@ -59,6 +67,15 @@ class ModelStats:
                 duration.ns += value
             self.inference_count += batch_size
             self.last_inference_ms = int(time.time() * 1000)
+            self.recent.append((time.monotonic(), total_ns))
+
+    def recent_latencies_ns(self, window_s: float) -> list[int]:
+        """End-to-end latencies of the requests answered in the last `window_s` seconds (at most
+        the latest RECENT_REQUESTS of them), oldest first."""
+        with self._lock:
+            recent = list(self.recent)
+        since = time.monotonic() - window_s
+        return [ns for at, ns in recent if at >= since]
 
     def record_execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
         with self._lock:
@@ -103,3 +120,12 @@ class ModelStats:
                     for size, entry in sorted(self.batch.items())
                 ],
             }
+
+
+def percentile_ms(latencies_ns: Sequence[int], q: float) -> float | None:
+    """The q-th percentile (nearest rank, 0 < q <= 100) of `latencies_ns`, in ms; None if empty."""
+    if not latencies_ns:
+        return None
+    ordered = sorted(latencies_ns)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1] / 1e6

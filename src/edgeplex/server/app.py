@@ -16,6 +16,7 @@ import uvicorn
 
 from ..config import ServerConfig
 from ..engine import Engine
+from ..tuning.store import ProfileStore
 from .grpc import start_grpc_server
 from .http import build_app
 
@@ -36,9 +37,11 @@ async def serve(
     drain_seconds: float = 10.0,
     on_started: Callable[[int, int], None] | None = None,
     on_stopping: Callable[[], None] | None = None,
+    profiles: ProfileStore | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM. `on_started(http_port, grpc_port)` is called once both listen;
-    `on_stopping()` once they have drained, before the engine closes (stop the control path)."""
+    `on_stopping()` once they have drained, before the engine closes (stop the control path).
+    `profiles`: the store whose Pareto fronts the dashboard shows."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -47,7 +50,7 @@ async def serve(
     grpc_server, grpc_port = await start_grpc_server(engine, config.host, config.grpc_port, config.max_body_bytes)
     http = _HttpServer(
         uvicorn.Config(
-            build_app(engine, config.max_body_bytes),
+            build_app(engine, config.max_body_bytes, profiles),
             host=config.host,
             port=config.http_port,
             log_level="warning",

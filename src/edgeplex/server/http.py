@@ -1,7 +1,8 @@
 """KServe V2 REST adapter (Starlette on uvicorn) over the Engine.
 
 Triton's extensions that stock clients rely on are here too: binary tensors, the model
-repository, statistics and the model-configuration endpoint (perf_analyzer needs it).
+repository, statistics and the model-configuration endpoint (perf_analyzer needs it). The live
+dashboard is served at `/`, with the JSON it polls under `/v2/edgeplex/`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from ..engine import Engine
 from ..errors import EdgeplexError, InvalidInput, ModelNotReady, PayloadTooLarge
+from ..tuning.store import ProfileStore
 from ..tuning.variants import list_variants, variant_summary
 from .codec import (
     HEADER_LENGTH,
@@ -29,6 +31,7 @@ from .codec import (
     parse_header_length,
     parse_json_object,
 )
+from .dashboard import ASSETS, STATIC_DIR, Fronts, dashboard_document, plotly_js
 from .metrics import metrics_registry
 from .triton import model_config_dict, repository_index, server_metadata
 
@@ -63,8 +66,11 @@ def guarded(handler: Handler) -> Handler:
     return wrapper
 
 
-def build_app(engine: Engine, max_body_bytes: int = 64 * 1024 * 1024) -> Starlette:
-    """The ASGI application serving `engine`."""
+def build_app(
+    engine: Engine, max_body_bytes: int = 64 * 1024 * 1024, profiles: ProfileStore | None = None
+) -> Starlette:
+    """The ASGI application serving `engine`; `profiles`: the store whose Pareto fronts the
+    dashboard shows (None: it says there is none)."""
 
     def version_of(request: Request) -> str:
         return str(request.path_params.get("version", ""))
@@ -163,6 +169,29 @@ def build_app(engine: Engine, max_body_bytes: int = 64 * 1024 * 1024) -> Starlet
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    fronts = Fronts(profiles)
+
+    async def dashboard(request: Request) -> Response:
+        return json_response(dashboard_document(engine))
+
+    async def dashboard_fronts(request: Request) -> Response:
+        return json_response(await asyncio.to_thread(fronts.document, engine))  # SQLite, file hashes
+
+    async def dashboard_page(request: Request) -> Response:
+        return FileResponse(STATIC_DIR / "index.html", media_type=ASSETS["index.html"])
+
+    async def dashboard_asset(request: Request) -> Response:
+        name = str(request.path_params["name"])
+        if name not in ASSETS:
+            return json_response({"error": f"no dashboard file '{name}'"}, 404)
+        return FileResponse(STATIC_DIR / name, media_type=ASSETS[name], headers={"cache-control": "no-cache"})
+
+    async def chart_library(request: Request) -> Response:
+        path = plotly_js()
+        if path is None:
+            return json_response({"error": "the plotly package is not installed (pip install plotly)"}, 404)
+        return FileResponse(path, media_type="text/javascript", headers={"cache-control": "public, max-age=86400"})
+
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
     routes = [
@@ -175,6 +204,11 @@ def build_app(engine: Engine, max_body_bytes: int = 64 * 1024 * 1024) -> Starlet
         Route("/v2/repository/models/{model}/unload", guarded(unload), methods=["POST"]),
         Route("/metrics", guarded(metrics)),
         Route("/v2/edgeplex/placement", guarded(placement)),
+        Route("/v2/edgeplex/dashboard", guarded(dashboard)),
+        Route("/v2/edgeplex/fronts", guarded(dashboard_fronts)),
+        Route("/", guarded(dashboard_page)),
+        Route("/dashboard/vendor/plotly.min.js", guarded(chart_library)),
+        Route("/dashboard/{name}", guarded(dashboard_asset)),
     ]
     for prefix in (model, versioned):
         routes += [

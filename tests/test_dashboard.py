@@ -1,0 +1,344 @@
+"""The dashboard: its JSON documents and files in-process, and the page in a real browser.
+
+The browser test runs `edgeplex serve --policy pareto` as a subprocess on a tiny repository whose
+profiles are in its store, sends some load through tritonclient, and reads the page in headless
+Chromium (Debian's `chromium` + `chromium-driver`, driven by Selenium). The page must show what
+the API reports: the models and their placement, exact request counts once the load stops,
+memory, live charts, each model's Pareto front with the configs in use, the placement
+decisions. A screenshot is saved under the test's tmp_path. It is skipped, with the reason,
+where no chromium or chromedriver is installed (`.ci/run` installs them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from models import add_model, slow_model, write_config
+from starlette.applications import Starlette
+
+from edgeplex.backends import ExecutionConfig
+from edgeplex.bench.process import running_server
+from edgeplex.engine import Engine, InferRequest
+from edgeplex.engine.stats import ModelStats, percentile_ms
+from edgeplex.server.http import build_app
+from edgeplex.tuning.profile import Profile
+from edgeplex.tuning.profiler import current_backend_versions
+from edgeplex.tuning.store import ProfileStore, file_hash, machine_id
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver") or next(
+    (p for p in ("/usr/lib/chromium/chromedriver",) if Path(p).is_file()), None
+)
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="the browser test needs Chromium and its driver: apt-get install chromium chromium-driver "
+    f"(found chromium: {CHROMIUM}, chromedriver: {CHROMEDRIVER})",
+)
+
+MODELS = ("add", "slow")
+# (threads, batch) -> (p50 ms, rows/s, memory MB): hand-made, so the fronts are known.
+# add: (1, 1) and (1, 8) are on the front (least memory / least latency per row); the others dominated.
+# slow: (1, 1), (2, 1) and (2, 8) on the front; (1, 8) is dominated by (2, 1).
+PROFILES = {
+    "add": {(1, 1): (0.05, 15000, 2.0), (1, 8): (0.10, 60000, 3.0), (2, 1): (0.06, 12000, 2.5),
+            (2, 8): (0.20, 35000, 4.0)},
+    "slow": {(1, 1): (3.0, 330, 6.0), (2, 1): (1.8, 550, 7.0), (1, 8): (20.0, 400, 9.0),
+             (2, 8): (12.0, 660, 10.0)},
+}
+FRONT = {"add": 2, "slow": 3}
+
+
+def _repository(root: Path) -> Path:
+    add_model(root / "add" / "1" / "model.onnx")
+    write_config(root / "add", name="add", max_batch_size=8)
+    slow_model(root / "slow" / "1" / "model.onnx", size=128, layers=8)
+    write_config(root / "slow", name="slow", max_batch_size=8)
+    broken = root / "broken" / "1"
+    broken.mkdir(parents=True)
+    (broken / "model.onnx").write_bytes(b"this is not an onnx file")
+    return root
+
+
+def _store(path: Path, repository: Path) -> Path:
+    """Profiles for every model, so pareto plans at once and measures nothing itself."""
+    store = ProfileStore(path)
+    version = current_backend_versions(["onnxruntime"])["onnxruntime"]
+    for model, points in PROFILES.items():
+        digest = file_hash(repository / model / "1" / "model.onnx")
+        for (threads, batch), (p50, rate, mb) in points.items():
+            config = ExecutionConfig("onnxruntime", "cpu", "fp32", threads, 8)
+            store.put(Profile(model, digest, config, batch, p50, p50 * 1.5, rate, int(mb * 1e6), version, machine_id()))
+    return path
+
+
+# -- in-process: the data and the files ----------------------------------------------------------
+
+
+def _get(app: Starlette, *paths: str) -> list[httpx.Response]:
+    """GET each path from the ASGI app in-process (no socket)."""
+
+    async def fetch() -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://edgeplex") as client:
+            return [await client.get(path) for path in paths]
+
+    return asyncio.run(fetch())
+
+
+def test_recent_latency_percentiles_over_a_window() -> None:
+    stats = ModelStats("m", "1")
+    for ms in range(1, 101):  # 1 .. 100 ms, answered now
+        stats.record_success(0, 0, 0, 0, ms * 1_000_000)
+    stats.recent.appendleft((time.monotonic() - 60, 10_000_000_000))  # a 10 s request, a minute ago
+    recent = stats.recent_latencies_ns(window_s=10)
+    assert len(recent) == 100
+    assert percentile_ms(recent, 50) == 50.0 and percentile_ms(recent, 99) == 99.0
+    assert percentile_ms(recent, 100) == 100.0 and percentile_ms([], 50) is None
+    assert len(stats.recent_latencies_ns(window_s=120)) == 101
+    for _ in range(3000):  # bounded: the ring keeps the latest requests only
+        stats.record_success(0, 0, 0, 0, 1)
+    assert len(stats.recent) == 2048
+
+
+def test_dashboard_document_matches_the_engine(engine: Engine) -> None:
+    x = np.ones((1, 4), np.float32)
+    for _ in range(7):
+        engine.infer(InferRequest("add", {"x": x}))
+    (response,) = _get(build_app(engine), "/v2/edgeplex/dashboard")
+    doc = response.json()
+    models = {m["model"]: m for m in doc["models"]}
+    add = models["add"]
+    assert add["requests"] == 7 and add["inferences"] == 7 and add["failures"] == 0 and add["queue"] == 0
+    assert add["latency"]["count"] == 7 and 0 < add["latency"]["p50_ms"] <= add["latency"]["p99_ms"]
+    assert add["groups"] == [{"backend": "onnxruntime", "processor": "cpu", "variant": "fp32", "threads": 1,
+                              "max_batch": 8, "instances": 1}]
+    assert models["sub"]["requests"] == 0 and models["sub"]["latency"]["p50_ms"] is None
+    assert models["broken"]["state"] == "UNAVAILABLE" and models["broken"]["reason_unavailable"]
+    assert doc["memory"] == {"used": engine.manager.memory_used(), "budget": None}
+    assert doc["pools"][0]["processor"] == "cpu" and doc["pools"][0]["capacity"] == 2
+    ats = [d["at"] for d in doc["decisions"]]
+    assert ats == sorted(ats, reverse=True) and {d["model"] for d in doc["decisions"]} >= {"add", "sub", "slow"}
+    assert all(d["reason"] == "model config" for d in doc["decisions"])
+
+
+def test_fronts_from_the_store_mark_the_config_in_use(engine: Engine, tiny_repo: Path, tmp_path: Path) -> None:
+    (response,) = _get(build_app(engine), "/v2/edgeplex/fronts")
+    doc = response.json()
+    assert doc["models"] == [] and "no profile store" in doc["note"]
+
+    store = ProfileStore(tmp_path / "profiles.sqlite")
+    digest = file_hash(tiny_repo / "add" / "1" / "model.onnx")
+    version = current_backend_versions(["onnxruntime"])["onnxruntime"]
+    serving = ExecutionConfig("onnxruntime", "cpu", "fp32", 1, 8)  # what add's own config places
+    for config, batch, p50, mb in [(serving, 1, 0.05, 2), (serving, 8, 0.1, 3),
+                                   (ExecutionConfig("onnxruntime", "cpu", "fp32", 2, 8), 1, 0.06, 3)]:
+        store.put(Profile("add", digest, config, batch, p50, p50, 1000 / p50, mb * 1_000_000, version, machine_id()))
+    (response,) = _get(build_app(engine, profiles=store), "/v2/edgeplex/fronts")
+    doc = response.json()
+    fronts = {m["model"]: m for m in doc["models"]}
+    assert doc["note"] == "" and doc["store"] == str(store.path)
+    points = {(p["threads"], p["batch"]): (p["front"], p["in_use"]) for p in fronts["add"]["profiles"]}
+    assert points == {(1, 1): (True, True), (1, 8): (True, True), (2, 1): (False, False)}
+    assert fronts["add"]["in_use"] == [serving.label()] and fronts["sub"]["profiles"] == []
+
+
+def test_the_page_its_files_and_the_chart_library_are_served(engine: Engine) -> None:
+    page, app_js, css, library, source = _get(build_app(engine), "/", "/dashboard/app.js", "/dashboard/style.css",
+                                              "/dashboard/vendor/plotly.min.js", "/dashboard/__init__.py")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "dashboard/app.js" in page.text and "dashboard/vendor/plotly.min.js" in page.text
+    assert app_js.status_code == 200 and app_js.headers["content-type"].startswith("text/javascript")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    assert library.status_code == 200 and "plotly.js v" in library.text[:200]
+    assert source.status_code == 404  # only the page's own files
+
+
+# -- the page in a real browser ------------------------------------------------------------------
+
+
+@contextmanager
+def _load(url: str) -> Iterator[threading.Event]:
+    """One tritonclient per model sending requests back to back (paced) until the event is set."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def send(model: str, width: int) -> None:
+        client = httpclient.InferenceServerClient(url)
+        tensor = httpclient.InferInput("x", [1, width], "FP32")
+        tensor.set_data_from_numpy(np.ones((1, width), np.float32))
+        try:
+            while not stop.is_set():
+                client.infer(model, [tensor])
+                time.sleep(0.004)
+        except BaseException as exc:  # reported by the test, not lost in a thread
+            errors.append(exc)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=send, args=args, daemon=True) for args in (("add", 4), ("slow", 128))]
+    for thread in threads:
+        thread.start()
+    try:
+        yield stop
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    assert not errors, f"load failed: {errors[0]!r}"
+
+
+def _eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    """Poll `check` until it returns something truthy without an AssertionError; its value."""
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            value = check()
+            if value:
+                return value
+            problem = f"got {value!r}"
+        except AssertionError as exc:
+            problem = str(exc)
+        if time.monotonic() > end:
+            raise AssertionError(f"{what or 'condition'} not reached in {timeout} s: {problem}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Headless Chromium through Selenium and Debian's chromedriver (never Selenium Manager)."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra: pip install -e '.[test]'")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--hide-scrollbars",
+                "--window-size=1440,1000", "--disable-extensions", "--no-first-run"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    driver.set_page_load_timeout(20)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@needs_chromium
+def test_dashboard_shows_what_the_api_reports(tmp_path: Path, browser: Any) -> None:
+    repository = _repository(tmp_path / "repo")
+    store = _store(tmp_path / "profiles.sqlite", repository)
+    with running_server(repository, "--policy", "pareto", "--profile-store", str(store), "--replan-seconds", "1",
+                        cores=2) as server:
+        base = f"http://{server.http_url}"
+        http = httpx.Client(base_url=base, timeout=10)
+
+        def api(path: str) -> Any:
+            response = http.get(path)
+            response.raise_for_status()
+            return response.json()
+
+        def placed_by_pareto() -> bool:
+            models = {m["model"]: m for m in api("/v2/edgeplex/placement")["models"]}
+            return all(models[name]["reason"].startswith("pareto:") for name in MODELS)
+
+        _eventually(placed_by_pareto, 15, "pareto placing both models")
+
+        def text(selector: str) -> str:
+            return str(browser.execute_script(
+                "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;", selector))
+
+        def cell(model: str, field: str) -> str:
+            return text(f'#models tr[data-model="{model}"] td[data-field="{field}"]')
+
+        def number(model: str, field: str) -> float:
+            shown = cell(model, field).replace(",", "")
+            return float(shown) if shown not in ("", "–") else 0.0
+
+        def updates() -> int:
+            return int(browser.execute_script("return Number(document.body.dataset.updates || 0)"))
+
+        with _load(server.http_url):
+            browser.get(base + "/")
+            assert browser.title == "edgeplex dashboard"
+            # Live while the load runs: throughput and recent latencies of both models on the page.
+            for name in MODELS:
+                _eventually(lambda name=name: number(name, "throughput") > 0, 10, f"{name} throughput")
+                p50, p99 = number(name, "p50"), number(name, "p99")
+                assert 0 < p50 <= p99, (name, p50, p99)
+            charted = browser.execute_script(
+                "return document.getElementById('chart-throughput').data.map(t => [t.name, Math.max(...t.y)])")
+            assert {name for name, peak in charted if peak and peak > 0} >= set(MODELS), charted
+
+            def lines_drawn() -> bool:  # the SVG as drawn, not just the data: a line of several points per model
+                drawn = browser.execute_script(
+                    "return [...document.querySelectorAll('#chart-throughput .scatterlayer path.js-line')]"
+                    ".map(p => (p.getAttribute('d') || '').split('L').length)")
+                assert len(drawn) >= len(MODELS) and min(drawn) >= 3, drawn
+                return True
+
+            _eventually(lines_drawn, 5, "throughput lines drawn")
+
+        # Load stopped: once the page has refreshed, its counts are exactly the statistics'.
+        seen = updates()
+        _eventually(lambda: updates() >= seen + 2, 5, "two more refreshes")
+        for name in MODELS:
+            stats = api(f"/v2/models/{name}/stats")["model_stats"]
+            answered = sum(int(entry["inference_stats"]["success"]["count"]) for entry in stats)
+            assert answered > 0
+            assert number(name, "requests") == answered
+
+        # Placement and memory as the API has them (re-read together: pareto may still re-place).
+        def placement_matches() -> bool:
+            report = api("/v2/edgeplex/placement")
+            for model in report["models"]:
+                name = model["model"]
+                assert model["state"] in cell(name, "state"), (name, model["state"], cell(name, "state"))
+                groups = model["groups"]
+                for field in ("backend", "processor", "variant", "threads", "instances", "max_batch"):
+                    assert cell(name, field) == ("\n".join(str(g[field]) for g in groups) if groups else "–"), field
+            used = api("/v2/edgeplex/dashboard")["memory"]["used"]
+            shown = browser.execute_script("return document.getElementById('memory-used').dataset.bytes")
+            assert int(shown) == used and text("#memory-used") == f"{used / 1e6:.1f} MB", (shown, used)
+            return True
+
+        _eventually(placement_matches, 5, "page and API agreeing on placement and memory")
+        assert "UNAVAILABLE" in cell("broken", "state")
+
+        # Each model's front from the store, with the configs in use starred.
+        fronts = {m["model"]: m for m in api("/v2/edgeplex/fronts")["models"]}
+        for name in MODELS:
+            assert sum(p["front"] for p in fronts[name]["profiles"]) == FRONT[name]
+            in_use = sum(p["in_use"] for p in fronts[name]["profiles"])
+            assert in_use > 0, fronts[name]
+
+            def front_drawn(name: str = name, in_use: int = in_use) -> bool:
+                traces = browser.execute_script(
+                    "const e = document.getElementById(arguments[0]);"
+                    "return e && e.data ? e.data.map(t => [t.name, t.x.length]) : null;", f"front-{name}")
+                assert traces is not None, f"no front chart for {name}"
+                assert dict(traces) == {"front": FRONT[name], "dominated": 4 - FRONT[name], "in use": in_use}, traces
+                return True
+
+            _eventually(front_drawn, 5, f"{name}'s front")
+
+        # The decisions, newest first, with their reasons.
+        newest = api("/v2/edgeplex/dashboard")["decisions"][0]
+        _eventually(lambda: newest["reason"] in text("#decisions tbody"), 5, "the newest decision's reason")
+        assert text("#status").startswith("live")
+
+        height = browser.execute_script("return document.documentElement.scrollHeight")
+        browser.set_window_size(1440, min(int(height) + 40, 4000))
+        time.sleep(0.3)  # the charts re-layout at the new size
+        shot = tmp_path / "dashboard.png"
+        assert browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 20_000
+        http.close()
