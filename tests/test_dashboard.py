@@ -342,3 +342,21 @@ def test_dashboard_shows_what_the_api_reports(tmp_path: Path, browser: Any) -> N
         assert browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 20_000
         http.close()
+
+
+@needs_chromium
+def test_dashboard_with_an_api_key_in_its_address(tmp_path: Path, browser: Any) -> None:
+    repository = _repository(tmp_path / "repo")
+    key = "dashboard-key-123"
+    with running_server(repository, "--policy", "config", "--api-key", key, cores=1) as server:
+        base = f"http://{server.http_url}"
+        assert httpx.get(base + "/v2/edgeplex/dashboard").status_code == 401  # the data needs the key
+        browser.get(base + f"/#key={key}")  # the page itself does not; it sends the key it was given
+
+        def shown_models() -> set[str]:
+            rows = browser.execute_script(
+                "return [...document.querySelectorAll('#models tr[data-model]')].map(r => r.dataset.model)")
+            return set(rows)
+
+        assert _eventually(lambda: shown_models() >= set(MODELS), 10, "the models on the page")
+        assert key not in browser.current_url  # not left in the address bar

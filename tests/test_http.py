@@ -75,7 +75,7 @@ def server() -> Iterator[tuple[str, Mount]]:
 def base_url(server: tuple[str, Mount], engine: Engine) -> Iterator[str]:
     """The real app, `build_app(engine, max_body_bytes=MAX_BODY)`, served on a socket."""
     url, mount = server
-    mount.app = build_app(engine, max_body_bytes=MAX_BODY)
+    mount.app = build_app(engine, max_body_bytes=MAX_BODY, repository_api=True)
     try:
         yield url
     finally:

@@ -115,3 +115,59 @@ def test_api_key_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert presented_key([("Authorization", "bearer abc")]) == "abc"
     assert presented_key([("X-Api-Key", " k ")]) == "k"
     assert presented_key([("authorization", "Basic abc")]) is None
+
+
+def http_calls(app: object, calls: list[tuple[str, str, dict[str, str]]]) -> list[object]:
+    """Each (method, path, headers) against the ASGI app in-process."""
+    import httpx
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://edgeplex") as client:
+            return [await client.request(method, path, headers=headers) for method, path, headers in calls]
+
+    return asyncio.run(run())  # type: ignore[return-value]
+
+
+def test_http_requires_the_api_key_except_for_the_dashboards_static_files(engine: Engine) -> None:
+    from edgeplex.server.http import build_app
+
+    app = build_app(engine, api_key=KEY)
+    protected = ["/v2/health/live", "/v2", "/v2/models/add", "/metrics", "/v2/edgeplex/placement",
+                 "/v2/edgeplex/dashboard", "/v2/models/add/stats"]
+    refused = http_calls(app, [("GET", path, {}) for path in protected])
+    for path, response in zip(protected, refused):
+        assert response.status_code == 401, path  # type: ignore[attr-defined]
+        assert response.headers["www-authenticate"].startswith("Bearer")  # type: ignore[attr-defined]
+        assert "requires an API key" in response.json()["error"]  # type: ignore[attr-defined]
+    (wrong,) = http_calls(app, [("GET", "/v2", {"x-api-key": "not-the-key"})])
+    assert wrong.status_code == 401 and wrong.json()["error"] == "the API key is not valid"  # type: ignore[attr-defined]
+    allowed = http_calls(app, [("GET", path, {"authorization": f"Bearer {KEY}"}) for path in protected])
+    assert [r.status_code for r in allowed] == [200] * len(protected)  # type: ignore[attr-defined]
+    public = http_calls(app, [("GET", "/", {}), ("GET", "/dashboard/app.js", {})])
+    assert [r.status_code for r in public] == [200, 200]  # type: ignore[attr-defined]
+
+
+def test_http_repository_load_and_unload_are_off_unless_enabled(engine: Engine) -> None:
+    from edgeplex.server.http import build_app
+
+    calls = [("POST", "/v2/repository/models/add/unload", {}), ("POST", "/v2/repository/models/add/load", {})]
+    for response in http_calls(build_app(engine), calls):
+        assert response.status_code == 403  # type: ignore[attr-defined]
+        assert "--enable-repository-api" in response.json()["error"]  # type: ignore[attr-defined]
+    assert engine.is_ready("add")
+    (index,) = http_calls(build_app(engine), [("POST", "/v2/repository/index", {})])
+    assert index.status_code == 200  # type: ignore[attr-defined]
+    unloaded = http_calls(build_app(engine, repository_api=True), calls[:1])
+    assert unloaded[0].status_code == 200 and not engine.is_ready("add")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("path", ["/v2/models/..%2F..%2Fetc/infer", "/v2/models/%2e%2e", "/v2/models/add%00",
+                                  "/v2/models/add/versions/..%2F1", "/v2/models/" + "a" * 300])
+def test_http_model_paths_cannot_leave_the_repository(engine: Engine, path: str) -> None:
+    from edgeplex.server.http import build_app
+
+    app = build_app(engine, repository_api=True)
+    for response in http_calls(app, [("GET", path, {}), ("POST", path, {}),
+                                     ("POST", "/v2/repository/models/..%2Fadd/load", {})]):
+        assert response.status_code in (400, 404, 405), (path, response.status_code)  # type: ignore[attr-defined]

@@ -18,6 +18,7 @@ from .errors import EdgeplexError
 def _serve(args: argparse.Namespace) -> int:
     from .engine import Engine
     from .server.app import serve
+    from .server.auth import read_api_key
     from .tuning.allocator import Allocator
     from .tuning.store import ProfileStore, default_store_path
     from .zoo import ZOO, default_zoo_dir, pull
@@ -36,6 +37,8 @@ def _serve(args: argparse.Namespace) -> int:
         grpc_port=args.grpc_port,
         cores=args.cores,
         max_body_bytes=args.max_body_bytes,
+        api_key=read_api_key(args.api_key, args.api_key_file),
+        enable_repository_api=args.enable_repository_api,
     )
     engine = Engine(repository, cores=config.cores, memory_budget=args.memory_budget, scheduling=args.scheduling)
     failures = engine.load_all(args.model or None)
@@ -175,7 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, default=8000)
     serve.add_argument("--grpc-port", type=int, default=8001)
     serve.add_argument("--cores", type=int, default=default_cores(), help="cores in the budget (default: all)")
-    serve.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024)
+    serve.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024,
+                       help="largest HTTP body (after inflating gzip/deflate) and gRPC message")
+    serve.add_argument("--api-key", default=None,
+                       help="require this key on every request (Authorization: Bearer KEY or x-api-key); "
+                       "also from EDGEPLEX_API_KEY")
+    serve.add_argument("--api-key-file", type=Path, default=None, help="read the API key from this file")
+    serve.add_argument("--enable-repository-api", action="store_true",
+                       help="allow model load/unload over HTTP and gRPC (off by default)")
     serve.add_argument("--drain-seconds", type=float, default=10.0)
     serve.add_argument("--policy", choices=["config", "static", "balance", "pareto"], default="pareto",
                        help="how models are placed: config (as each model's config says), static (ONNX Runtime "

@@ -235,5 +235,7 @@ class ServerConfig:
     http_port: int = 8000
     grpc_port: int = 8001
     cores: int = field(default_factory=default_cores)
-    max_body_bytes: int = 64 * 1024 * 1024
+    max_body_bytes: int = 64 * 1024 * 1024  # HTTP bodies (inflated too) and gRPC messages
     log_level: str = "info"
+    api_key: str | None = None  # required on every request when set
+    enable_repository_api: bool = False  # model load/unload over HTTP and gRPC

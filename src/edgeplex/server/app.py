@@ -47,10 +47,14 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    grpc_server, grpc_port = await start_grpc_server(engine, config.host, config.grpc_port, config.max_body_bytes)
+    grpc_server, grpc_port = await start_grpc_server(
+        engine, config.host, config.grpc_port, config.max_body_bytes, api_key=config.api_key,
+        repository_api=config.enable_repository_api,
+    )
     http = _HttpServer(
         uvicorn.Config(
-            build_app(engine, config.max_body_bytes, profiles),
+            build_app(engine, config.max_body_bytes, profiles, api_key=config.api_key,
+                      repository_api=config.enable_repository_api),
             host=config.host,
             port=config.http_port,
             log_level="warning",

@@ -55,14 +55,20 @@ def check(expected: str, headers: Iterable[tuple[str, str]]) -> None:
 
 
 class ApiKeyMiddleware:
-    """ASGI middleware refusing HTTP requests without the key (401 + WWW-Authenticate)."""
+    """ASGI middleware refusing HTTP requests without the key (401 + WWW-Authenticate);
+    `public` paths and paths under `public_prefixes` are served without it."""
 
-    def __init__(self, app: Any, key: str) -> None:
+    def __init__(self, app: Any, key: str, public: Iterable[str] = (), public_prefixes: Iterable[str] = ()) -> None:
         self.app = app
         self.key = key
+        self.public = frozenset(public)
+        self.public_prefixes = tuple(public_prefixes)
+
+    def _exempt(self, path: str) -> bool:
+        return path in self.public or (bool(self.public_prefixes) and path.startswith(self.public_prefixes))
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or self._exempt(scope.get("path", "")):
             await self.app(scope, receive, send)
             return
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", [])]

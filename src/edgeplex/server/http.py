@@ -21,9 +21,10 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from ..engine import Engine
-from ..errors import EdgeplexError, InvalidInput, ModelNotReady, PayloadTooLarge
+from ..errors import EdgeplexError, Forbidden, InvalidInput, ModelNotReady, PayloadTooLarge
 from ..tuning.store import ProfileStore
 from ..tuning.variants import list_variants, variant_summary
+from .auth import ApiKeyMiddleware
 from .codec import (
     HEADER_LENGTH,
     decode_request,
@@ -33,9 +34,13 @@ from .codec import (
 )
 from .dashboard import ASSETS, STATIC_DIR, Fronts, dashboard_document, plotly_js
 from .metrics import metrics_registry
-from .triton import model_config_dict, repository_index, server_metadata
+from .triton import REPOSITORY_API_OFF, model_config_dict, repository_index, server_metadata
 
 log = logging.getLogger(__name__)
+
+# The dashboard's page and static files hold no data: a browser loads them without a key, and
+# the page then sends the key with its data requests.
+PUBLIC_PATHS, PUBLIC_PREFIXES = ("/",), ("/dashboard/",)
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -67,10 +72,13 @@ def guarded(handler: Handler) -> Handler:
 
 
 def build_app(
-    engine: Engine, max_body_bytes: int = 64 * 1024 * 1024, profiles: ProfileStore | None = None
-) -> Starlette:
+    engine: Engine, max_body_bytes: int = 64 * 1024 * 1024, profiles: ProfileStore | None = None, *,
+    api_key: str | None = None, repository_api: bool = False,
+) -> Any:
     """The ASGI application serving `engine`; `profiles`: the store whose Pareto fronts the
-    dashboard shows (None: it says there is none)."""
+    dashboard shows (None: it says there is none). With `api_key`, every endpoint but the
+    dashboard's static files (which hold no data) requires it; `repository_api` allows model
+    load/unload."""
 
     def version_of(request: Request) -> str:
         return str(request.path_params.get("version", ""))
@@ -145,13 +153,19 @@ def build_app(
         ready_only = bool(options.get("ready", False))
         return json_response(repository_index(engine, ready_only))
 
+    def repository_api_allowed() -> None:
+        if not repository_api:
+            raise Forbidden(REPOSITORY_API_OFF)
+
     async def load(request: Request) -> Response:
+        repository_api_allowed()
         if _json_object(await read_body(request)).get("parameters"):
             raise InvalidInput("load parameters (config or file overrides) are not supported")
         await asyncio.to_thread(engine.load, request.path_params["model"])
         return Response(status_code=200)
 
     async def unload(request: Request) -> Response:
+        repository_api_allowed()
         await read_body(request)
         await asyncio.to_thread(engine.unload, request.path_params["model"])
         return Response(status_code=200)
@@ -218,7 +232,8 @@ def build_app(
             Route(prefix + "/stats", guarded(model_stats)),
             Route(prefix + "/infer", guarded(infer), methods=["POST"]),
         ]
-    return Starlette(routes=routes)
+    app = Starlette(routes=routes)
+    return ApiKeyMiddleware(app, api_key, PUBLIC_PATHS, PUBLIC_PREFIXES) if api_key else app
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

@@ -62,10 +62,35 @@ function baseLayout(extra = {}) {
 
 const hasPlotly = () => typeof window.Plotly !== "undefined";
 
+// -- the API key (when the server requires one) ------------------------------------------------
+// Taken from the page's address (#key=...) into this tab's sessionStorage, or asked for once
+// when the server answers 401; sent as x-api-key with every data request.
+const KEY_ITEM = "edgeplex-api-key";
+const fromHash = new URLSearchParams(window.location.hash.slice(1)).get("key");
+if (fromHash) {
+  sessionStorage.setItem(KEY_ITEM, fromHash);
+  history.replaceState(null, "", window.location.pathname);
+}
+let askedForKey = false;
+
+async function api(path) {
+  const key = sessionStorage.getItem(KEY_ITEM);
+  const response = await fetch(path, { cache: "no-store", headers: key ? { "x-api-key": key } : {} });
+  if (response.status === 401 && !askedForKey) {
+    askedForKey = true;
+    const entered = window.prompt("This edgeplex server requires an API key:");
+    if (entered) {
+      sessionStorage.setItem(KEY_ITEM, entered.trim());
+      askedForKey = false;
+    }
+  }
+  return response;
+}
+
 // -- one poll ----------------------------------------------------------------------------------
 async function poll() {
   try {
-    const response = await fetch("v2/edgeplex/dashboard", { cache: "no-store" });
+    const response = await api("v2/edgeplex/dashboard");
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     const snapshot = await response.json();
     render(snapshot);
@@ -276,7 +301,7 @@ function renderCharts() {
 // -- Pareto fronts ---------------------------------------------------------------------------
 async function pollFronts() {
   try {
-    const response = await fetch("v2/edgeplex/fronts", { cache: "no-store" });
+    const response = await api("v2/edgeplex/fronts");
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     renderFronts(await response.json());
   } catch (error) {
