@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
+from . import __version__, logs
 from .config import ServerConfig, default_cores
 from .errors import EdgeplexError
 
@@ -168,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgeplex", description="Multi-model inference server for edge devices.")
     parser.add_argument("--version", action="version", version=f"edgeplex {__version__}")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="text", choices=["text", "json"],
+                        help="plain lines, or one JSON object per line with each record's fields")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -230,9 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     # gRPC's C core logs at INFO on its own (e.g. around subprocess forks); keep errors only.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logs.configure(args.log_level, args.log_format)
     if args.command == "models" and args.repository is None:
         from .zoo import default_zoo_dir
 

@@ -267,10 +267,12 @@ class ModelManager:
             state.last_used = time.monotonic()
             state.decisions.append(Decision(time.time(), _describe(placement), placement.reason))
             state.placements += 1
-        log.info(
+        log.info(  # one line per placement decision, with its fields for structured logs
             "model %s ready: versions %s, %s, %.1f MB (%s)",
             config.name, ", ".join(sorted(opened)), _describe(placement), state.memory_bytes / 1e6,
             placement.reason or "no reason given",
+            extra={"event": "placement", "model": config.name, "placement": _describe(placement),
+                   "memory_bytes": state.memory_bytes, "reason": placement.reason},
         )
 
     def _estimate(self, state: ModelState, source: ModelSource, config: ModelConfig,
