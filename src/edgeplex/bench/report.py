@@ -49,10 +49,28 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def draw(out_dir: Path, name: str, result: dict[str, Any]) -> list[str]:
+    """Save the scenario's PNG charts under `out_dir`; their Markdown image links."""
+    from .charts import charts_for, save
+
+    images = []
+    for chart in charts_for(name, result):
+        save(chart, out_dir / f"{chart.stem}.png")
+        images.append(f"![{chart.title}]({chart.stem}.png)")
+    return images
+
+
 def write(out_dir: Path, name: str, result: dict[str, Any], markdown: str) -> Path:
-    """Write `<name>.json` and `<name>.md` under `out_dir`; returns the JSON path."""
+    """Write `<name>.json`, the scenario's PNG charts and `<name>.md` (the text, the machine, and
+    the charts) under `out_dir`; returns the JSON path."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    recorded = {"machine": machine(), **result}
     path = out_dir / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **result}, indent=2) + "\n")
-    (out_dir / f"{name}.md").write_text(markdown + "\n")
+    path.write_text(json.dumps(recorded, indent=2) + "\n")
+    images = draw(out_dir, name, result)
+    m = recorded["machine"]
+    footer = (f"\n\nMeasured {m['date']} on {m['cpu']} ({m['cores']} cores, {m['memory_gib']} GiB), Python "
+              f"{m['python']}, " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + f". Data: `{name}.json`.")
+    body = markdown.rstrip() + ("\n\n" + "\n\n".join(images) if images else "") + footer
+    (out_dir / f"{name}.md").write_text(body + "\n")
     return path
