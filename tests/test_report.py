@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from edgeplex.bench import report
@@ -19,7 +20,7 @@ def test_a_report_is_written_with_its_images(tmp_path: Path) -> None:
     recorded = json.loads(path.read_text())
     assert recorded["machine"]["cores"] >= 1 and recorded["runs"]["pareto"]["sustained"] == 6.0
     markdown = (tmp_path / "allocation.md").read_text()
-    images = [line[line.index("(") + 1:-1] for line in markdown.splitlines() if line.startswith("![")]
+    images = re.findall(r"\]\(([\w.-]+\.png)\)", markdown)
     assert images == ["allocation.png", "allocation-sustained.png", "allocation-latency.png"]
     for image in images:
         assert (tmp_path / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
