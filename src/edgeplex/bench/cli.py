@@ -32,6 +32,16 @@ def add_bench_parser(commands: Any) -> None:
     alloc.add_argument("--cores", type=int, default=2)
     alloc.add_argument("--no-shift", action="store_true", help="skip the load-shift scenario")
     alloc.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    sched = scenario.add_parser("scheduling", help="priority isolation, deadlines (EDF vs FIFO), dynamic batching")
+    sched.add_argument("--duration", type=float, default=8.0,
+                       help="seconds per measured window (deadlines: 3/4 of it, batching: half)")
+    sched.add_argument("--rounds", type=int, default=3, help="alternations of the compared runs")
+    sched.add_argument("--rate", type=float, default=15.0, help="req/s of the priority-1 stream")
+    sched.add_argument("--overload", type=float, nargs="+", default=[0.8, 1.1],
+                       help="deadline mix: load levels, nominal compute demand / cores")
+    sched.add_argument("--concurrency", type=int, default=8, help="batching: closed-loop clients")
+    sched.add_argument("--cores", type=int, default=None)
+    sched.add_argument("--out", type=Path, default=DEFAULT_OUT)
     bench.set_defaults(func=run_bench)
 
 
@@ -40,6 +50,11 @@ def run_bench(args: argparse.Namespace) -> int:
         from .allocation import allocation
 
         result, text = allocation(args.duration, args.clients, cores=args.cores, shift=not args.no_shift)
+    elif args.scenario == "scheduling":
+        from .scheduling import scheduling
+
+        result, text = scheduling(args.duration, args.rounds, args.rate, tuple(args.overload), args.concurrency,
+                                  args.cores)
     elif args.scenario == "multitenancy":
         result, text = scenarios.multitenancy(args.requests, args.rounds, args.cores)
     else:
