@@ -298,3 +298,32 @@ def test_a_pool_larger_than_the_machine_lends_unpinned_tokens() -> None:
     grant = pool.acquire(2)
     assert grant.tokens == 2 and grant.cores == ()
     pool.release(grant)
+
+
+def test_a_reservation_keeps_cores_free_of_lower_priority_work_while_its_owner_is_active() -> None:
+    pool = TokenPool("cpu", 2)
+    pool.reservation_window_s = 0.3
+    reservation = pool.reserve("urgent", priority=1, tokens=1)
+    reservation.touch()
+    low = pool.acquire(1, priority=3)  # one core is left to lower levels
+    blocked: list[Grant] = []
+    waiter = threading.Thread(target=lambda: blocked.append(pool.acquire(1, priority=3)))
+    waiter.start()
+    time.sleep(0.05)
+    assert not blocked and pool.waiting == 1  # the reserved core stays free ...
+    urgent = pool.acquire(1, priority=1)  # ... for its owner's level, at once
+    pool.release(urgent)
+    waiter.join(2)  # the owner went quiet: after the window the reservation lapses by itself
+    assert len(blocked) == 1 and pool.in_use == 2
+    pool.release(blocked[0])
+    pool.release(low)
+    pool.unreserve(reservation)
+
+
+def test_reservations_never_close_the_last_core_to_lower_levels() -> None:
+    pool = TokenPool("cpu", 2)
+    for owner in ("a", "b", "c"):
+        pool.reserve(owner, priority=1, tokens=2).touch()
+    low = pool.acquire(1, priority=5)  # granted at once: at most capacity - 1 are reserved
+    assert pool.in_use == 1
+    pool.release(low)

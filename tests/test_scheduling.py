@@ -327,3 +327,52 @@ def test_the_monitor_measures_service_per_row_when_batches_form(tmp_path: Path) 
         assert load.service_ms == pytest.approx(per_row)
     finally:
         engine.close()
+
+
+def test_an_instance_picks_its_work_when_it_gets_its_cores(tmp_path: Path) -> None:
+    engine = _engine(tmp_path, add={"max_batch_size": 8, "dynamic_batching": None})
+    try:
+        pool = engine.pools["cpu"]
+        taken = pool.acquire(pool.capacity)
+        runner = engine.manager.runner("add")
+        x = np.ones((1, 4), np.float32)
+        early = engine.submit(InferRequest("add", {"x": x}, priority=3))  # the instance takes it, waits for cores
+        wait_for(lambda: len(runner.queue) == 0 and pool.waiting == 1)
+        futures = {"early-low": early, "late-urgent": engine.submit(InferRequest("add", {"x": x}, priority=1))}
+        order = _completion_order(futures)
+        pool.release(taken)
+        assert all(f.result(5) for f in futures.values())
+        assert order == ["late-urgent", "early-low"]
+    finally:
+        engine.close()
+
+
+def test_a_request_that_cannot_finish_before_its_deadline_is_not_run(tmp_path: Path) -> None:
+    engine = _engine(tmp_path, slow={"max_batch_size": 64, "dynamic_batching": None})
+    try:
+        x = np.ones((48, 256), np.float32)
+        for _ in range(5):  # the engine learns how long a run takes
+            engine.infer(InferRequest("slow", {"x": x}))
+        run_ms = engine.manager.runner("slow")._expected_run_ns / 1e6
+        assert run_ms > 0.5
+        with pytest.raises(DeadlineExceeded, match="less than a run takes"):
+            engine.infer(InferRequest("slow", {"x": x}, timeout_us=int(run_ms * 1000 / 4)))
+        assert engine.infer(InferRequest("slow", {"x": x}, timeout_us=int(run_ms * 1000 * 50))).outputs["y"].shape == (
+            48, 256)
+    finally:
+        engine.close()
+
+
+def test_fifo_scheduling_shares_no_flows_at_the_token_pool(tmp_path: Path) -> None:
+    engine = _engine(tmp_path, scheduling="fifo", add={"max_batch_size": 8})
+    try:
+        engine.infer(InferRequest("add", {"x": np.ones((1, 4), np.float32)}))
+        assert engine.manager.runner("add").flow.vtime == 0.0  # never charged: arrival order only
+    finally:
+        engine.close()
+    engine = _engine(tmp_path / "fair", add={"max_batch_size": 8})
+    try:
+        engine.infer(InferRequest("add", {"x": np.ones((1, 4), np.float32)}))
+        assert engine.manager.runner("add").flow.vtime > 0.0
+    finally:
+        engine.close()

@@ -90,6 +90,9 @@ class ModelConfig(BaseModel):
     max_queue_size: int = Field(default=1024, ge=1, le=1_000_000)
     # Weight of the model's share of the cores among models of the same priority level.
     share: float = Field(default=1.0, gt=0, le=1000)
+    # Cores kept free of lower-priority work while the model is active (a request in the last
+    # 2 s): its requests then never wait for a lower-priority computation to finish.
+    reserved_cores: int = Field(default=0, ge=0, le=256)
     dynamic_batching: DynamicBatching | None = None
     # The most fidelity a variant may lose against fp32 (its metadata's `loss`: 1 - task
     # agreement) to be chosen; 0 keeps the model on its original file.

@@ -13,6 +13,11 @@ Within a priority level the pool shares the cores fairly between models (flows),
 their `share`: start-time fair queuing, where a flow's virtual time advances by the
 token-seconds it held divided by its weight, and the waiter with the smallest start tag goes
 first. A flood on one model therefore cannot starve another of the same level.
+
+Computations are not preempted, so a high-priority request that finds every core busy waits for
+the first to finish. A model that cannot afford that wait reserves cores (`reserved_cores`):
+while it is active (a request in the last `RESERVATION_WINDOW_S`), work of lower priority may
+use only the cores it leaves; at least one core always stays open to them.
 """
 
 from __future__ import annotations
@@ -47,6 +52,27 @@ class Grant:
     flow: Flow | None = field(default=None, compare=False)
     tag: float = 0.0  # the flow's virtual start time when granted
     start_ns: int = 0
+    priority: int = 1
+
+
+RESERVATION_WINDOW_S = 2.0
+
+
+@dataclass
+class Reservation:
+    """Cores kept free of work below `priority` while their owner is active."""
+
+    owner: str
+    priority: int
+    tokens: int
+    last_active_ns: int = 0
+
+    def touch(self) -> None:
+        """The owner has work: hold the reservation for the next window."""
+        self.last_active_ns = time.monotonic_ns()
+
+    def active(self, now_ns: int, window_s: float = RESERVATION_WINDOW_S) -> bool:
+        return now_ns - self.last_active_ns < window_s * 1e9
 
 
 _pinned = threading.local()
@@ -96,6 +122,9 @@ class TokenPool:
         self._waiters: list[_Waiter] = []
         self._seq = itertools.count()
         self._vclock = 0.0  # the start tag of the latest grant: where a newly active flow starts
+        self._reservations: list[Reservation] = []
+        self.reservation_window_s = RESERVATION_WINDOW_S
+        self._held: dict[int, int] = {}  # tokens held now, by priority level
 
     @property
     def in_use(self) -> int:
@@ -122,19 +151,35 @@ class TokenPool:
         """What a request for `tokens` really takes: at least 1, at most the whole processor."""
         return max(1, min(tokens, self.capacity))
 
+    def reserve(self, owner: str, priority: int, tokens: int) -> Reservation:
+        """Keep up to `tokens` cores free of work below `priority` while `owner` is active (see
+        `Reservation.touch`); at most capacity - 1 are ever reserved in all."""
+        with self._lock:
+            reservation = Reservation(owner, priority, max(0, tokens))
+            self._reservations.append(reservation)
+            return reservation
+
+    def unreserve(self, reservation: Reservation) -> None:
+        with self._lock:
+            if reservation in self._reservations:
+                self._reservations.remove(reservation)
+            self._grant()
+
     def acquire(self, tokens: int, priority: int = 1, flow: Flow | None = None) -> Grant:
         """Block until `tokens` are granted; no higher-priority waiter, nor one of the same level
         whose flow has used less of its share, is overtaken."""
         tokens = self.clamp(tokens)
         with self._lock:
             tag = max(flow.vtime, self._vclock) if flow is not None else self._vclock
-            if not self._waiters and self._in_use + tokens <= self.capacity:
-                return self._take(tokens, flow, tag)
+            if not self._waiters and tokens <= self._free_for(priority):
+                return self._take(tokens, flow, tag, priority)
             waiter = _Waiter(priority, tag, next(self._seq), tokens, flow, threading.Condition(self._lock))
             heapq.heappush(self._waiters, waiter)
             try:
                 while waiter.grant is None:
-                    waiter.wakeup.wait()
+                    # A reservation lapses without a release to announce it: look again then.
+                    if not waiter.wakeup.wait(self.reservation_window_s if self._reservations else None):
+                        self._grant()
             except BaseException:  # interrupted: give back or leave the line, or it blocks everyone
                 if waiter.grant is not None:
                     self._give_back(waiter.grant)
@@ -166,14 +211,28 @@ class TokenPool:
         self._changed_ns = now
         return now
 
-    def _take(self, tokens: int, flow: Flow | None, tag: float) -> Grant:
+    def _free_for(self, priority: int) -> int:
+        """Under the lock: the tokens work at `priority` may take now — the free ones, less the
+        reservations of active higher levels that those levels are not using themselves."""
+        free = self.capacity - self._in_use
+        if not self._reservations:
+            return free
+        now = time.monotonic_ns()
+        window = self.reservation_window_s
+        reserved = sum(r.tokens for r in self._reservations if r.priority < priority and r.active(now, window))
+        reserved = min(reserved, self.capacity - 1)
+        held_above = sum(tokens for level, tokens in self._held.items() if level < priority)
+        return free - max(0, reserved - held_above)
+
+    def _take(self, tokens: int, flow: Flow | None, tag: float, priority: int) -> Grant:
         now = self._account()
         self._in_use += tokens
+        self._held[priority] = self._held.get(priority, 0) + tokens
         self._peak = max(self._peak, self._in_use)
         self._vclock = max(self._vclock, tag)
         cores = tuple(self._free_cores[:tokens]) if self._free_cores else ()
         del self._free_cores[: len(cores)]
-        return Grant(tokens, cores, flow, tag, now)
+        return Grant(tokens, cores, flow, tag, now, priority)
 
     def _give_back(self, grant: Grant) -> None:
         now = self._account()
@@ -181,13 +240,14 @@ class TokenPool:
             used = grant.tokens * (now - grant.start_ns) / 1e9 / grant.flow.weight
             grant.flow.vtime = max(grant.flow.vtime, grant.tag) + used
         self._in_use -= grant.tokens
+        self._held[grant.priority] -= grant.tokens
         if self._in_use < 0:  # pragma: no cover - a bug, never a client's doing
             raise RuntimeError(f"token pool {self.processor} released more than it lent")
         self._free_cores.extend(grant.cores)
 
     def _grant(self) -> None:
         """Under the lock: give tokens to the head waiters, in order, while they fit."""
-        while self._waiters and self._in_use + self._waiters[0].tokens <= self.capacity:
+        while self._waiters and self._waiters[0].tokens <= self._free_for(self._waiters[0].priority):
             waiter = heapq.heappop(self._waiters)
-            waiter.grant = self._take(waiter.tokens, waiter.flow, waiter.tag)
+            waiter.grant = self._take(waiter.tokens, waiter.flow, waiter.tag, waiter.priority)
             waiter.wakeup.notify()

@@ -63,6 +63,9 @@ class ModelRunner:
         self.stats = stats or ModelStats(config.name, version)
         self.order = order or DISCIPLINES["priority"]
         self.flow = Flow(f"{config.name}/{version}", config.share)
+        self._expected_run_ns = 0  # smoothed compute time of one execution (for deadline checks)
+        self.reservation = (pool.reserve(f"{config.name}/{version}", config.priority, config.reserved_cores)
+                            if config.reserved_cores else None)
         self._output_names = [spec.name for spec in config.outputs]
         self.queue = RequestQueue(config.max_queue_size, self.order)
         self._lock = threading.Lock()
@@ -115,6 +118,8 @@ class ModelRunner:
         timeout_us = request.timeout_us or (int(self.config.slo_ms * 1000) if self.config.slo_ms else None)
         deadline = time.monotonic_ns() + timeout_us * 1000 if timeout_us else None
         batched = self.config.max_batch_size > 0
+        if self.reservation is not None:
+            self.reservation.touch()
         with self._lock:
             self._in_flight += 1
             self.submitted += 1
@@ -136,6 +141,8 @@ class ModelRunner:
             workers = list(self._workers)
         for worker in workers:
             worker.thread.join(timeout)
+        if self.reservation is not None:
+            self.pool.unreserve(self.reservation)
 
     def _done(self, _: object) -> None:
         with self._lock:
@@ -146,23 +153,25 @@ class ModelRunner:
         policy = BatchPolicy.of(self.config, instance.config.max_batch)
         try:
             while jobs := self.queue.take(policy, worker.retired):
-                jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]  # callers gone
                 try:
-                    self._execute(instance, jobs)
+                    self._execute(instance, jobs, policy)
                 except Exception as exc:  # a backend bug must not kill the executor thread
                     log.exception("model %s: unexpected failure", self.config.name)
                     self._fail(jobs, exc)
         finally:
             instance.session.close()
 
-    def _execute(self, instance: Instance, jobs: list[Job]) -> None:
-        """Run one batch: drop what expired, hold the cores, run, split, answer each caller."""
-        jobs = self._expire(jobs)
+    def _execute(self, instance: Instance, jobs: list[Job], policy: BatchPolicy) -> None:
+        """Run one batch: drop what expired, hold the cores, take the best batch queued now,
+        drop what can no longer finish in time, run, split, answer each caller."""
+        jobs = self._expire(self._claim(jobs))
         if not jobs:
             return
         priority = self.order.core_priority(min(job.priority for job in jobs))
-        with self.pool.hold(instance.config.threads or self.pool.capacity, priority, self.flow):
-            jobs = self._expire(jobs)  # deadlines may have passed while waiting for cores
+        flow = self.flow if self.order.fair_share else None
+        with self.pool.hold(instance.config.threads or self.pool.capacity, priority, flow):
+            # Deadlines may have passed while waiting for cores, or a run no longer fits before them.
+            jobs = self._expire(self._claim(self.queue.retake(jobs, policy)), self._expected_run_ns)
             if not jobs:
                 return
             started = time.monotonic_ns()
@@ -183,6 +192,8 @@ class ModelRunner:
         done = time.monotonic_ns()
         input_ns, infer_ns, output_ns = collated - started, computed - collated, done - computed
         self.stats.record_execution(sum(rows), input_ns, infer_ns, output_ns)
+        run_ns = computed - started
+        self._expected_run_ns = run_ns if not self._expected_run_ns else int(0.8 * self._expected_run_ns + 0.2 * run_ns)
         for job, part in zip(jobs, parts):
             request = job.request
             if job.deadline_ns < done:
@@ -198,22 +209,28 @@ class ModelRunner:
         asked = {name for job in jobs for name in (job.request.outputs or self._output_names)}
         return [name for name in self._output_names if name in asked]
 
-    def _expire(self, jobs: list[Job]) -> list[Job]:
-        """The jobs still to run: with `timeout_action: reject`, those past their deadline are
+    def _claim(self, jobs: list[Job]) -> list[Job]:
+        """Mark newly taken jobs running; drop those whose caller went away while queued."""
+        return [job for job in jobs if job.future.running() or job.future.set_running_or_notify_cancel()]
+
+    def _expire(self, jobs: list[Job], run_ns: int = 0) -> list[Job]:
+        """The jobs still to run: with `timeout_action: reject`, those past their deadline — or,
+        about to run, whose deadline is closer than a run takes (`run_ns`, measured) — are
         answered with DeadlineExceeded here, without computing."""
         if self.config.timeout_action != "reject":
             return jobs
         now = time.monotonic_ns()
         live = []
         for job in jobs:
-            if job.deadline_ns >= now:
+            if job.deadline_ns >= now + run_ns:
                 live.append(job)
                 continue
             self.stats.record_deadline_miss()
-            self._fail([job], DeadlineExceeded(
-                f"model '{job.request.model_name}': request waited {(now - job.enqueued_ns) / 1e6:.1f} ms, "
-                "past its timeout; not computed"
-            ))
+            waited = f"request waited {(now - job.enqueued_ns) / 1e6:.1f} ms"
+            why = (f"{waited}, past its timeout" if job.deadline_ns < now else
+                   f"{waited}; {(job.deadline_ns - now) / 1e6:.1f} ms before its timeout, less than a run takes "
+                   f"(about {run_ns / 1e6:.1f} ms)")
+            self._fail([job], DeadlineExceeded(f"model '{job.request.model_name}': {why}; not computed"))
         return live
 
     def _fail(self, jobs: list[Job], exc: BaseException) -> None:

@@ -32,6 +32,7 @@ class Discipline:
     """How queued work is ordered: in each model's queue and at the processors' token pools."""
 
     name = "priority"
+    fair_share = True  # models of one priority level share the cores by weight
 
     def queue_key(self, priority: int, deadline_ns: int, seq: int) -> tuple[int, int, int]:
         return (priority, deadline_ns, seq)
@@ -45,6 +46,7 @@ class Fifo(Discipline):
     """Arrival order everywhere: priorities and deadlines do not reorder (timeouts still apply)."""
 
     name = "fifo"
+    fair_share = False
 
     def queue_key(self, priority: int, deadline_ns: int, seq: int) -> tuple[int, int, int]:
         return (0, 0, seq)
@@ -140,6 +142,20 @@ class RequestQueue:
                 for job in batch[keep:] + aside:
                     heapq.heappush(self._heap, job)
                 return batch[:keep]
+
+    def retake(self, jobs: list[Job], policy: BatchPolicy) -> list[Job]:
+        """Put `jobs` back and take the best batch now (never waits): an instance picks its
+        work when it has its cores, so a more urgent request that came meanwhile goes first."""
+        with self._cond:
+            for job in jobs:
+                heapq.heappush(self._heap, job)
+            if policy.max_rows <= 1:
+                return [heapq.heappop(self._heap)]
+            batch, aside = self._gather(policy.max_rows)
+            keep = cut_batch([job.rows for job in batch], policy)
+            for job in batch[keep:] + aside:
+                heapq.heappush(self._heap, job)
+            return batch[:keep]
 
     def _gather(self, max_rows: int) -> tuple[list[Job], list[Job]]:
         """Under the lock: pop the head and the queued jobs that fit its batch, in order; the
