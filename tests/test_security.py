@@ -171,3 +171,33 @@ def test_http_model_paths_cannot_leave_the_repository(engine: Engine, path: str)
     for response in http_calls(app, [("GET", path, {}), ("POST", path, {}),
                                      ("POST", "/v2/repository/models/..%2Fadd/load", {})]):
         assert response.status_code in (400, 404, 405), (path, response.status_code)  # type: ignore[attr-defined]
+
+
+def test_tensor_element_limit_on_both_protocols(engine: Engine) -> None:
+    import json as _json
+
+    from edgeplex.server.http import build_app
+
+    document = {"inputs": [{"name": "x", "shape": [4, 4], "datatype": "FP32", "data": [1.0] * 16}]}
+    app = build_app(engine, max_tensor_elements=12)
+
+    async def post() -> object:
+        import httpx
+
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://e") as client:
+            big = await client.post("/v2/models/add/infer", content=_json.dumps(document))
+            document["inputs"][0].update(shape=[2, 4], data=[1.0] * 8)
+            small = await client.post("/v2/models/add/infer", content=_json.dumps(document))
+            return big, small
+
+    big, small = asyncio.run(post())  # type: ignore[misc]
+    assert big.status_code == 413 and "16 elements, over the limit of 12" in big.json()["error"]
+    assert small.status_code == 200
+    with grpc_server(engine, max_tensor_elements=12) as url:
+        client = grpcclient.InferenceServerClient(url)
+        item = grpcclient.InferInput("x", [4, 4], "FP32")
+        item.set_data_from_numpy(np.ones((4, 4), np.float32))
+        status, message = status_of(lambda: client.infer("add", [item]))
+        assert status == "StatusCode.RESOURCE_EXHAUSTED" and "over the limit of 12" in message
+        assert client.infer("add", add_inputs()).as_numpy("y").shape == (1, 4)
+        client.close()

@@ -37,6 +37,7 @@ def _serve(args: argparse.Namespace) -> int:
         grpc_port=args.grpc_port,
         cores=args.cores,
         max_body_bytes=args.max_body_bytes,
+        max_tensor_elements=args.max_tensor_elements,
         api_key=read_api_key(args.api_key, args.api_key_file),
         enable_repository_api=args.enable_repository_api,
     )
@@ -182,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cores", type=int, default=default_cores(), help="cores in the budget (default: all)")
     serve.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024,
                        help="largest HTTP body (after inflating gzip/deflate) and gRPC message")
+    serve.add_argument("--max-tensor-elements", type=int, default=1 << 26,
+                       help="largest input tensor, in elements (413 / RESOURCE_EXHAUSTED beyond)")
     serve.add_argument("--api-key", default=None,
                        help="require this key on every request (Authorization: Bearer KEY or x-api-key); "
                        "also from EDGEPLEX_API_KEY")

@@ -240,5 +240,6 @@ class ServerConfig:
     cores: int = field(default_factory=default_cores)
     max_body_bytes: int = 64 * 1024 * 1024  # HTTP bodies (inflated too) and gRPC messages
     log_level: str = "info"
+    max_tensor_elements: int = 1 << 26  # per input tensor, both protocols
     api_key: str | None = None  # required on every request when set
     enable_repository_api: bool = False  # model load/unload over HTTP and gRPC

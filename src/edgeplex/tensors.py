@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidInput
+from .errors import InvalidInput, PayloadTooLarge
 
 # V2 datatype name -> numpy dtype. BYTES is carried as object arrays of `bytes`.
 V2_TO_NUMPY: dict[str, np.dtype[Any]] = {
@@ -62,8 +62,11 @@ def element_count(shape: Sequence[int]) -> int:
     return count
 
 
-def check_shape(shape: Sequence[int], name: str) -> list[int]:
-    """A request shape: a list of non-negative integers."""
+DEFAULT_MAX_ELEMENTS = 1 << 26  # per tensor; `edgeplex serve --max-tensor-elements`
+
+
+def check_shape(shape: Sequence[int], name: str, max_elements: int = DEFAULT_MAX_ELEMENTS) -> list[int]:
+    """A request shape: a list of non-negative integers, of at most `max_elements` elements."""
     if not isinstance(shape, (list, tuple)):
         raise InvalidInput(f"input '{name}': shape must be a list of integers, got {shape!r}")
     out: list[int] = []
@@ -71,6 +74,9 @@ def check_shape(shape: Sequence[int], name: str) -> list[int]:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
             raise InvalidInput(f"input '{name}': shape {list(shape)!r} must hold non-negative integers")
         out.append(dim)
+    count = element_count(out)
+    if count > max_elements:
+        raise PayloadTooLarge(f"input '{name}': shape {out} has {count} elements, over the limit of {max_elements}")
     return out
 
 

@@ -49,12 +49,12 @@ async def serve(
 
     grpc_server, grpc_port = await start_grpc_server(
         engine, config.host, config.grpc_port, config.max_body_bytes, api_key=config.api_key,
-        repository_api=config.enable_repository_api,
+        repository_api=config.enable_repository_api, max_tensor_elements=config.max_tensor_elements,
     )
     http = _HttpServer(
         uvicorn.Config(
             build_app(engine, config.max_body_bytes, profiles, api_key=config.api_key,
-                      repository_api=config.enable_repository_api),
+                      repository_api=config.enable_repository_api, max_tensor_elements=config.max_tensor_elements),
             host=config.host,
             port=config.http_port,
             log_level="warning",

@@ -17,6 +17,7 @@ import orjson
 from ..engine import InferRequest, InferResponse
 from ..errors import InvalidInput
 from ..tensors import (
+    DEFAULT_MAX_ELEMENTS,
     check_shape,
     from_list,
     from_raw,
@@ -61,8 +62,10 @@ def parse_json_object(data: bytes | memoryview) -> dict[str, Any]:
     return document
 
 
-def decode_request(model: str, version: str, body: bytes, header_length: int | None) -> DecodedRequest:
-    """Decode an infer request body (JSON, or JSON header + binary tensors)."""
+def decode_request(model: str, version: str, body: bytes, header_length: int | None,
+                   max_elements: int = DEFAULT_MAX_ELEMENTS) -> DecodedRequest:
+    """Decode an infer request body (JSON, or JSON header + binary tensors); tensors of more than
+    `max_elements` elements are refused (413)."""
     view = memoryview(body)
     document = parse_json_object(view[:header_length] if header_length is not None else view)
     raw_inputs = document.get("inputs")
@@ -88,7 +91,7 @@ def decode_request(model: str, version: str, body: bytes, header_length: int | N
             numpy_dtype(datatype)
         except InvalidInput as exc:
             raise InvalidInput(f"input '{name}': {exc.message}") from None
-        shape = check_shape(item.get("shape"), name)  # type: ignore[arg-type]
+        shape = check_shape(item.get("shape"), name, max_elements)  # type: ignore[arg-type]
         in_params = _mapping(item.get("parameters"), f"input '{name}' parameters")
         size = in_params.get("binary_data_size")
         if size is not None:

@@ -22,6 +22,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from ..engine import Engine, InferRequest, InferResponse
 from ..errors import EdgeplexError, Forbidden, InvalidInput
 from ..tensors import (
+    DEFAULT_MAX_ELEMENTS,
     V2_TO_NUMPY,
     check_shape,
     element_count,
@@ -56,8 +57,9 @@ STREAM_WINDOW = 64
 
 
 # -- decoding ------------------------------------------------------------------------------------
-def decode_request(request: Any) -> InferRequest:
-    """A ModelInferRequest as an engine InferRequest; InvalidInput names the faulty input."""
+def decode_request(request: Any, max_elements: int = DEFAULT_MAX_ELEMENTS) -> InferRequest:
+    """A ModelInferRequest as an engine InferRequest; InvalidInput names the faulty input, and
+    tensors of more than `max_elements` elements are refused (RESOURCE_EXHAUSTED)."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(
@@ -75,7 +77,7 @@ def decode_request(request: Any) -> InferRequest:
             raise InvalidInput(
                 f"input '{name}': unknown datatype '{tensor.datatype}' (expected one of {', '.join(V2_TO_NUMPY)})"
             )
-        shape = check_shape(list(tensor.shape), name)
+        shape = check_shape(list(tensor.shape), name, max_elements)
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidInput(
@@ -207,9 +209,11 @@ def _unary(handler: Handler) -> Handler:
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     """`inference.GRPCInferenceService` answered by an Engine; unlisted RPCs stay UNIMPLEMENTED."""
 
-    def __init__(self, engine: Engine, repository_api: bool = False) -> None:
+    def __init__(self, engine: Engine, repository_api: bool = False,
+                 max_tensor_elements: int = DEFAULT_MAX_ELEMENTS) -> None:
         self.engine = engine
         self.repository_api = repository_api
+        self.max_tensor_elements = max_tensor_elements
 
     @_unary
     async def ServerLive(self, request: Any, context: Any) -> Any:
@@ -313,7 +317,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             return serialize_stream_response(echo.SerializeToString(), message)
 
     async def _infer(self, data: bytes) -> bytes:
-        decoded = decode_request(parse_infer_request(data))
+        decoded = decode_request(parse_infer_request(data), self.max_tensor_elements)
         response = await self.engine.infer_async(decoded)
         return encode_response(response, decoded.outputs)
 
@@ -348,7 +352,7 @@ def _register(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
 
 async def start_grpc_server(
     engine: Engine, host: str, port: int, max_message_bytes: int = 64 * 1024 * 1024, *,
-    api_key: str | None = None, repository_api: bool = False,
+    api_key: str | None = None, repository_api: bool = False, max_tensor_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> tuple[grpc.aio.Server, int]:
     """Start serving `engine` on host:port (0 = a free port); returns the server and its port.
     With `api_key`, every call must carry it; `repository_api` allows model load/unload.
@@ -362,7 +366,7 @@ async def start_grpc_server(
             ("grpc.so_reuseport", 0),
         ]
     )
-    _register(InferenceServicer(engine, repository_api), server)
+    _register(InferenceServicer(engine, repository_api, max_tensor_elements), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     bound = server.add_insecure_port(address)
     if bound == 0:

@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from ..engine import Engine
 from ..errors import EdgeplexError, Forbidden, InvalidInput, ModelNotReady, PayloadTooLarge
+from ..tensors import DEFAULT_MAX_ELEMENTS
 from ..tuning.store import ProfileStore
 from ..tuning.variants import list_variants, variant_summary
 from .auth import ApiKeyMiddleware
@@ -73,7 +74,7 @@ def guarded(handler: Handler) -> Handler:
 
 def build_app(
     engine: Engine, max_body_bytes: int = 64 * 1024 * 1024, profiles: ProfileStore | None = None, *,
-    api_key: str | None = None, repository_api: bool = False,
+    api_key: str | None = None, repository_api: bool = False, max_tensor_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> Any:
     """The ASGI application serving `engine`; `profiles`: the store whose Pareto fronts the
     dashboard shows (None: it says there is none). With `api_key`, every endpoint but the
@@ -142,7 +143,8 @@ def build_app(
     async def infer(request: Request) -> Response:
         body = await read_body(request)
         header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
-        decoded = decode_request(request.path_params["model"], version_of(request), body, header_length)
+        decoded = decode_request(request.path_params["model"], version_of(request), body, header_length,
+                                 max_tensor_elements)
         response = await engine.infer_async(decoded.request)
         content, headers = encode_response(response, decoded)
         return Response(content, headers=headers)
