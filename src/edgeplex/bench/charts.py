@@ -24,6 +24,7 @@ def charts_for(name: str, result: dict[str, Any]) -> list[Chart]:
     """The charts of a scenario's result (none for a scenario that draws its own)."""
     makers: dict[str, Callable[[dict[str, Any]], list[Chart]]] = {
         "multitenancy": _multitenancy, "overhead": _overhead, "allocation": _allocation, "soak": _soak,
+        "scheduling": _scheduling,
     }
     maker = makers.get(name)
     return maker(result) if maker else []
@@ -142,3 +143,36 @@ def _soak(result: dict[str, Any]) -> list[Chart]:
 
     return [Chart("soak-memory", "Server resident memory during the soak", memory),
             Chart("soak-latency", "p99 latency per window", latency)]
+
+
+def _scheduling(result: dict[str, Any]) -> list[Chart]:
+    charts = []
+    modes = result.get("isolation", {}).get("modes", {})
+    if modes:
+        def isolation(axes: Any) -> None:
+            names = list(modes)
+            series = {"solo p50": [modes[n]["solo_p50_ms"] for n in names],
+                      "solo p99": [modes[n]["solo_p99_ms"] for n in names],
+                      "loaded p50": [modes[n]["loaded_p50_ms"] for n in names],
+                      "loaded p99": [modes[n]["loaded_p99_ms"] for n in names]}
+            _grouped_bars(axes, [f"--scheduling {n}" for n in names], series, "priority-1 latency, ms")
+
+        charts.append(Chart("scheduling-isolation", "Priority-1 latency, alone and under a saturating load", isolation))
+    levels = result.get("deadlines", {}).get("levels", [])
+    if levels:
+        def deadlines(axes: Any) -> None:
+            kinds = list(levels[0]["met"])
+            series = {k: [level["met"][k] for level in levels] for k in kinds}
+            _grouped_bars(axes, [f"load {level['overload']}x" for level in levels], series,
+                          "fraction answered within the deadline")
+
+        charts.append(Chart("scheduling-deadlines", "Deadlines met: earliest deadline first vs FIFO", deadlines))
+    models = result.get("batching", {}).get("models", {})
+    if models:
+        def batching(axes: Any) -> None:
+            arms = list(next(iter(models.values())))
+            series = {arm: [models[m][arm]["throughput"] for m in models] for arm in arms}
+            _grouped_bars(axes, list(models), series, "requests/s (closed loop)")
+
+        charts.append(Chart("scheduling-batching", "Dynamic batching vs none, same concurrency", batching))
+    return charts
