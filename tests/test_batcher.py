@@ -67,3 +67,13 @@ def test_split_refuses_outputs_without_the_batch_axis() -> None:
         split({"y": np.zeros((2, 4))}, [1, 2])
     with pytest.raises(BackendError, match="output 's'"):
         split({"s": np.array(1.0)}, [1, 1])
+
+
+def test_a_burst_is_spread_over_the_idle_instances() -> None:
+    from edgeplex.engine.batcher import spread_limit
+
+    assert spread_limit(16, queued=8, idle_instances=0) == 16  # nobody else to share with
+    assert spread_limit(16, queued=8, idle_instances=1) == 4  # two instances, four each
+    assert spread_limit(16, queued=9, idle_instances=2) == 3
+    assert spread_limit(4, queued=40, idle_instances=1) == 4  # never past the max
+    assert spread_limit(16, queued=1, idle_instances=3) == 1

@@ -50,6 +50,15 @@ class BatchPolicy:
         return max(0, oldest_ns + self.delay_ns - now_ns)
 
 
+def spread_limit(max_rows: int, queued: int, idle_instances: int) -> int:
+    """The most rows one instance should take when `idle_instances` others wait for work: an
+    even share of what is queued, so a burst keeps every instance busy instead of making one
+    large batch while the others idle (on a CPU a batch row costs about what a request does)."""
+    if idle_instances <= 0:
+        return max_rows
+    return max(1, min(max_rows, -(-queued // (idle_instances + 1))))
+
+
 def cut_batch(rows: Sequence[int], policy: BatchPolicy) -> int:
     """How many of the gathered requests (rows each, in order) to send: the longest prefix that
     makes a preferred size, else all of them."""

@@ -63,7 +63,8 @@ class ModelRunner:
         self.stats = stats or ModelStats(config.name, version)
         self.order = order or DISCIPLINES["priority"]
         self.flow = Flow(f"{config.name}/{version}", config.share)
-        self._expected_run_ns = 0  # smoothed compute time of one execution (for deadline checks)
+        self._expected_run_ns = 0  # what one execution takes, with margin (for deadline checks)
+        self._run_mean_ns = self._run_dev_ns = 0.0
         self.reservation = (pool.reserve(f"{config.name}/{version}", config.priority, config.reserved_cores)
                             if config.reserved_cores else None)
         self._output_names = [spec.name for spec in config.outputs]
@@ -192,8 +193,7 @@ class ModelRunner:
         done = time.monotonic_ns()
         input_ns, infer_ns, output_ns = collated - started, computed - collated, done - computed
         self.stats.record_execution(sum(rows), input_ns, infer_ns, output_ns)
-        run_ns = computed - started
-        self._expected_run_ns = run_ns if not self._expected_run_ns else int(0.8 * self._expected_run_ns + 0.2 * run_ns)
+        self._learn_run_time(computed - started)
         for job, part in zip(jobs, parts):
             request = job.request
             if job.deadline_ns < done:
@@ -208,6 +208,16 @@ class ModelRunner:
         """The outputs a batch must compute: everything any of its callers asked for."""
         asked = {name for job in jobs for name in (job.request.outputs or self._output_names)}
         return [name for name in self._output_names if name in asked]
+
+    def _learn_run_time(self, run_ns: int) -> None:
+        """Smoothed run time and its mean deviation (as TCP estimates round trips): the bound a
+        run stays within (mean + 2 deviations) is what a deadline must leave room for."""
+        if not self._run_mean_ns:
+            self._run_mean_ns, self._run_dev_ns = float(run_ns), run_ns / 2
+        else:
+            self._run_dev_ns = 0.75 * self._run_dev_ns + 0.25 * abs(run_ns - self._run_mean_ns)
+            self._run_mean_ns = 0.875 * self._run_mean_ns + 0.125 * run_ns
+        self._expected_run_ns = int(self._run_mean_ns + 2 * self._run_dev_ns)
 
     def _claim(self, jobs: list[Job]) -> list[Job]:
         """Mark newly taken jobs running; drop those whose caller went away while queued."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import Overloaded, ServerShuttingDown
-from .batcher import BatchPolicy, cut_batch
+from .batcher import BatchPolicy, cut_batch, spread_limit
 from .request import InferRequest, InferResponse
 
 NO_DEADLINE = 1 << 62
@@ -90,6 +90,7 @@ class RequestQueue:
         self._cond = threading.Condition()
         self._seq = itertools.count()
         self._closed = False
+        self._idle = 0  # threads waiting in `take` for work: instances with nothing to do
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -125,11 +126,15 @@ class RequestQueue:
                 if not self._heap:
                     if self._closed:
                         return []
-                    self._cond.wait()
+                    self._idle += 1
+                    try:
+                        self._cond.wait()
+                    finally:
+                        self._idle -= 1
                     continue
                 if policy.max_rows <= 1:
                     return [heapq.heappop(self._heap)]
-                batch, aside = self._gather(policy.max_rows)
+                batch, aside = self._gather(spread_limit(policy.max_rows, len(self._heap), self._idle))
                 rows = sum(job.rows for job in batch)
                 oldest = min(job.enqueued_ns for job in batch)
                 wait_ns = policy.wait_ns(rows, oldest, time.monotonic_ns())
@@ -151,7 +156,7 @@ class RequestQueue:
                 heapq.heappush(self._heap, job)
             if policy.max_rows <= 1:
                 return [heapq.heappop(self._heap)]
-            batch, aside = self._gather(policy.max_rows)
+            batch, aside = self._gather(spread_limit(policy.max_rows, len(self._heap), self._idle))
             keep = cut_batch([job.rows for job in batch], policy)
             for job in batch[keep:] + aside:
                 heapq.heappush(self._heap, job)
