@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
@@ -35,6 +36,7 @@ from .codec import (
 )
 from .dashboard import ASSETS, STATIC_DIR, Fronts, dashboard_document, plotly_js
 from .metrics import metrics_registry
+from .openapi import OPENAPI_PATH, openapi_document
 from .triton import REPOSITORY_API_OFF, model_config_dict, repository_index, server_metadata
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,9 @@ def build_app(
     async def metadata(request: Request) -> Response:
         return json_response(server_metadata())
 
+    async def openapi(request: Request) -> Response:
+        return json_response(openapi_document())
+
     async def model_metadata(request: Request) -> Response:
         name, version = request.path_params["model"], version_of(request)
         document = engine.metadata(name, version)
@@ -151,8 +156,9 @@ def build_app(
 
     async def index(request: Request) -> Response:
         body = await read_body(request)
-        options = _json_object(body)
-        ready_only = bool(options.get("ready", False))
+        ready_only = _json_object(body).get("ready", False)
+        if not isinstance(ready_only, bool):
+            raise InvalidInput(f"field 'ready' must be true or false, got {ready_only!r:.100}")
         return json_response(repository_index(engine, ready_only))
 
     def repository_api_allowed() -> None:
@@ -161,14 +167,14 @@ def build_app(
 
     async def load(request: Request) -> Response:
         repository_api_allowed()
-        if _json_object(await read_body(request)).get("parameters"):
+        if _repository_parameters(await read_body(request)):
             raise InvalidInput("load parameters (config or file overrides) are not supported")
         await asyncio.to_thread(engine.load, request.path_params["model"])
         return Response(status_code=200)
 
     async def unload(request: Request) -> Response:
         repository_api_allowed()
-        await read_body(request)
+        _repository_parameters(await read_body(request))  # (unload_dependents: there are none)
         await asyncio.to_thread(engine.unload, request.path_params["model"])
         return Response(status_code=200)
 
@@ -214,6 +220,7 @@ def build_app(
         Route("/v2/health/live", guarded(live)),
         Route("/v2/health/ready", guarded(ready)),
         Route("/v2", guarded(metadata)),
+        Route(OPENAPI_PATH, guarded(openapi)),
         Route("/v2/models/stats", guarded(model_stats)),
         Route("/v2/repository/index", guarded(index), methods=["POST"]),
         Route("/v2/repository/models/{model}/load", guarded(load), methods=["POST"]),
@@ -234,13 +241,36 @@ def build_app(
             Route(prefix + "/stats", guarded(model_stats)),
             Route(prefix + "/infer", guarded(infer), methods=["POST"]),
         ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, exception_handlers={HTTPException: routing_error})
     return ApiKeyMiddleware(app, api_key, PUBLIC_PATHS, PUBLIC_PREFIXES) if api_key else app
+
+
+async def routing_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such path: 404, method not allowed: 405) as JSON errors too."""
+    assert isinstance(exc, HTTPException)
+    path = request.url.path[:200]
+    if exc.status_code == 404:
+        message = f"no endpoint at '{path}'"
+    elif exc.status_code == 405:
+        message = f"{request.method} is not allowed on '{path}' (allowed: {(exc.headers or {}).get('Allow', '?')})"
+    else:
+        message = exc.detail
+    response = json_response({"error": message}, exc.status_code)
+    response.headers.update(exc.headers or {})
+    return response
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
     """An optional JSON object body (empty means {}); InvalidInput if it is anything else."""
     return parse_json_object(body) if body.strip() else {}
+
+
+def _repository_parameters(body: bytes) -> dict[str, Any]:
+    """The `parameters` object of an optional load/unload body; InvalidInput if malformed."""
+    parameters = _json_object(body).get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise InvalidInput(f"field 'parameters' must be an object, got {parameters!r:.100}")
+    return parameters
 
 
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
