@@ -448,7 +448,10 @@ def scheduling(duration_s: float = 8.0, rounds: int = 3, rate: float = 15.0,
     inputs = {m: example_inputs(m) for m in (*MIX, *BATCHING_MODELS)}
     result: dict[str, Any] = {"duration_s": duration_s, "rounds": rounds, "cores": cores or _cores()}
     no_batching = {"threads": 1, "dynamic_batching": None, "slo_ms": None}
-    iso_configs = {PROTECTED: {**no_batching, "priority": 1, "instance_count": 2},
+    # The protected model reserves a core while it has traffic (a --scheduling fifo server, where
+    # every level is one, ignores it): computations are not preempted, so without it a request
+    # waits for a background run to finish.
+    iso_configs = {PROTECTED: {**no_batching, "priority": 1, "instance_count": 2, "reserved_cores": 1},
                    **{m: {**no_batching, "priority": 3, "instance_count": 1} for m in BACKGROUND}}
     repos: list[Path] = []
     helper = multiprocessing.get_context("spawn").Pool(1)
@@ -464,8 +467,10 @@ def scheduling(duration_s: float = 8.0, rounds: int = 3, rate: float = 15.0,
                 result["isolation"] = isolation(servers, inputs, helper, rate, duration_s, rounds)
             result["isolation"].update(disturbance)
         result["isolation"]["solo_p50_ms"] = solos
-        result["isolation"]["placement"] = {m: f"{c['instance_count']}x onnxruntime/t1, priority {c['priority']}"
-                                            for m, c in iso_configs.items()}
+        result["isolation"]["placement"] = {
+            m: f"{c['instance_count']}x onnxruntime/t1, priority {c['priority']}"
+               + (f", reserved_cores {c['reserved_cores']}" if c.get("reserved_cores") else "")
+            for m, c in iso_configs.items()}
 
         # Deadlines from this run's solo latencies; equal rates whose nominal compute demand
         # (sum of rate x solo p50) is `overload` x the cores; the clients' CPU comes on top.
