@@ -42,6 +42,15 @@ def add_bench_parser(commands: Any) -> None:
     sched.add_argument("--concurrency", type=int, default=8, help="batching: closed-loop clients")
     sched.add_argument("--cores", type=int, default=None)
     sched.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    var = scenario.add_parser("variants", help="variants of every zoo model; the mix under a tight memory budget")
+    var.add_argument("--duration", type=float, default=15.0, help="seconds per measured window of the mix")
+    var.add_argument("--rounds", type=int, default=3, help="alternating windows per server (with / without variants)")
+    var.add_argument("--samples", type=int, default=16, help="calibration and evaluation inputs per variant")
+    var.add_argument("--budget-fraction", type=float, default=0.65,
+                     help="tight budget: this share of the four fp32 models together (the smaller of the "
+                     "profiles' figure and the server's)")
+    var.add_argument("--no-mix", action="store_true", help="variants table only, skip the memory-tight mix")
+    var.add_argument("--out", type=Path, default=DEFAULT_OUT)
     bench.set_defaults(func=run_bench)
 
 
@@ -55,6 +64,11 @@ def run_bench(args: argparse.Namespace) -> int:
 
         result, text = scheduling(args.duration, args.rounds, args.rate, tuple(args.overload), args.concurrency,
                                   args.cores)
+    elif args.scenario == "variants":
+        from .variants import variants
+
+        result, text = variants(args.out, args.duration, args.rounds, args.samples, args.budget_fraction,
+                                mix=not args.no_mix)
     elif args.scenario == "multitenancy":
         result, text = scenarios.multitenancy(args.requests, args.rounds, args.cores)
     else:
