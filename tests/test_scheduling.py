@@ -376,3 +376,16 @@ def test_fifo_scheduling_shares_no_flows_at_the_token_pool(tmp_path: Path) -> No
         assert engine.manager.runner("add").flow.vtime > 0.0
     finally:
         engine.close()
+
+
+def test_lower_priority_executor_threads_are_niced(tmp_path: Path) -> None:
+    import os
+
+    engine = _engine(tmp_path, add={"max_batch_size": 8, "priority": 4})
+    try:
+        (worker,) = engine.manager.runner("add")._workers
+        expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + 6)  # 2 per level below 1
+        wait_for(lambda: worker.thread.native_id is not None
+                 and os.getpriority(os.PRIO_PROCESS, worker.thread.native_id) == expected)
+    finally:
+        engine.close()

@@ -8,6 +8,7 @@ processor's tokens only while it computes.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from concurrent.futures import Future
@@ -152,6 +153,8 @@ class ModelRunner:
     def _serve(self, worker: _Worker) -> None:
         instance = worker.instance
         policy = BatchPolicy.of(self.config, instance.config.max_batch)
+        if self.order.fair_share:  # priority scheduling: the OS favours higher levels too
+            lower_os_priority(self.config.priority)
         try:
             while jobs := self.queue.take(policy, worker.retired):
                 try:
@@ -249,6 +252,25 @@ class ModelRunner:
             if not job.future.done():
                 self.stats.record_failure(now - job.enqueued_ns)
                 job.future.set_exception(exc)
+
+
+NICE_PER_LEVEL = 2
+
+
+def lower_os_priority(level: int) -> None:
+    """Give the calling executor thread a niceness that grows with its priority level (1: none).
+
+    The token pool decides which computations run; but the server's transport threads and
+    other processes share the same cores, and the OS scheduler would otherwise treat a
+    background model's computing thread like an urgent one's. Raising niceness needs no
+    privilege; a thread keeps it for its life."""
+    if level <= 1:
+        return
+    try:
+        inherited = os.getpriority(os.PRIO_PROCESS, 0)  # the calling thread's, on Linux
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, inherited + NICE_PER_LEVEL * (level - 1)))
+    except (AttributeError, OSError):  # not Linux
+        pass
 
 
 def _batch_size(config: ModelConfig, request: InferRequest) -> int:
