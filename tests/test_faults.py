@@ -101,3 +101,42 @@ def test_a_placement_that_fails_is_not_retried_in_a_loop(tmp_path: Path, caplog:
         assert engine.infer(InferRequest("add", {"x": np.ones((1, 4), np.float32)})).outputs["y"].shape == (1, 4)
     finally:
         engine.close()
+
+
+def test_a_failed_placement_leaves_the_previous_one_reported_and_retriable(tmp_path: Path) -> None:
+    add_model(tmp_path / "add" / "1" / "model.onnx")
+    engine = Engine(tmp_path, cores=1)
+    try:
+        assert engine.load_all() == {}
+        before = engine.manager.state("add").placement
+        impossible = ModelPlacement("add", [InstanceGroup(ExecutionConfig("onnxruntime", "cuda:7", "fp32", 1, 4))],
+                                    reason="test")
+        for _ in range(2):  # the second try really tries again (it is not taken as already applied)
+            with pytest.raises(BackendError, match="cuda:7"):
+                engine.apply(impossible)
+            assert engine.manager.state("add").placement is before
+        report = {m["model"]: m for m in engine.placement_report()}["add"]
+        assert [g["processor"] for g in report["groups"]] == ["cpu"]
+    finally:
+        engine.close()
+
+
+def test_the_monitor_survives_a_reload_resetting_the_arrival_counter(tmp_path: Path) -> None:
+    from edgeplex.engine.monitor import Monitor
+
+    add_model(tmp_path / "add" / "1" / "model.onnx")
+    engine = Engine(tmp_path, cores=1)
+    try:
+        assert engine.load_all() == {}
+        monitor = Monitor(engine)
+        for _ in range(5):
+            engine.infer(InferRequest("add", {"x": np.ones((1, 4), np.float32)}))
+        monitor.sample()
+        engine.unload("add")
+        engine.load("add")  # a new runner: its arrival counter starts at 0
+        engine.infer(InferRequest("add", {"x": np.ones((1, 4), np.float32)}))
+        time.sleep(0.01)
+        load = monitor.sample()["add"]
+        assert load.arrival_rate >= 0
+    finally:
+        engine.close()

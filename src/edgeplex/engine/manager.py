@@ -203,9 +203,13 @@ class ModelManager:
             if state.placement is not None and state.placement.same_configs(placement) and state.state == READY:
                 state.placement.capacity, state.placement.reason = placement.capacity, placement.reason
                 return
-            state.placement = placement
+            previous, state.placement = state.placement, placement
             if state.state == READY and state.config is not None:
-                self._install(state, self.repository.source(placement.model), state.config, placement, reuse=True)
+                try:
+                    self._install(state, self.repository.source(placement.model), state.config, placement, reuse=True)
+                except BaseException:  # it keeps running what it ran: report that, and let a retry happen
+                    state.placement = previous
+                    raise
 
     def unload(self, name: str, reason: str = "unloaded", evicted: bool = False) -> None:
         """Stop taking requests for `name`, finish those queued, release its sessions."""

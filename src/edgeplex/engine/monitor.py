@@ -84,7 +84,8 @@ class Monitor:
         rows = after.rows - before.rows
         successes = after.successes - before.successes
         old = self._loads.get(name)
-        arrivals = (after.submitted - before.submitted) / seconds
+        # A reload makes a new runner whose counters start again at 0: count from there.
+        arrivals = (after.submitted - (before.submitted if after.submitted >= before.submitted else 0)) / seconds
         completions = successes / seconds
         service = (after.compute_ns - before.compute_ns) / rows / 1e6 if rows else (old.service_ms if old else 0.0)
         queue = (after.queue_ns - before.queue_ns) / successes / 1e6 if successes else 0.0
