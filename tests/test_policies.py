@@ -92,3 +92,15 @@ def test_static_and_balance_baselines() -> None:
     ]
     with pytest.raises(ValueError):
         balance_placement(models, [])
+
+
+def test_a_batch_must_clearly_beat_batch_one_to_be_chosen() -> None:
+    config = ExecutionConfig("onnxruntime", "cpu", "fp32", 1, 8)
+
+    def prof(batch: int, tput: float) -> Profile:
+        return Profile("m", "h", config, batch, 10, 12, tput, 10 * MiB, "1", "box")
+
+    (noise,) = candidates_from_profiles([prof(1, 100), prof(8, 105)], cores=2)
+    assert (noise.batch, noise.config.max_batch) == (1, 1)  # 5 % is noise: no batching
+    (gain,) = candidates_from_profiles([prof(8, 130), prof(1, 100)], cores=2)
+    assert (gain.batch, gain.config.max_batch) == (8, 8)

@@ -72,7 +72,7 @@ def candidates_from_profiles(
         if too_slow or too_lossy or p.throughput <= 0 or 0 < p.config.max_batch < p.batch:
             continue
         held = best.get(p.config)
-        if held is None or (p.throughput, -p.batch) > (held.throughput, -held.batch):
+        if held is None or _better(p, held):
             best[p.config] = p
     if len(models) > 1:
         raise ValueError(f"profiles of one model expected, got {sorted(models)}")
@@ -82,6 +82,19 @@ def candidates_from_profiles(
     out = [Candidate(replace(c, max_batch=p.batch) if c.max_batch > 0 else c, p.throughput, tokens[c],
                      p.memory_bytes, p.fidelity_loss, p.p99_ms, p.batch) for c, p in best.items()]
     return sorted(out, key=lambda c: (-c.rate, c.config.label()))
+
+
+BATCH_GAIN = 1.10  # a larger batch must beat a smaller one by this much to be chosen
+
+
+def _better(p: Profile, held: Profile) -> bool:
+    """Whether `p` earns its place over `held` (same config, other batch size): batching adds
+    latency, so a larger batch must be clearly faster per row, not ahead by measurement noise."""
+    if p.batch > held.batch:
+        return p.throughput >= BATCH_GAIN * held.throughput
+    if p.batch < held.batch:
+        return held.throughput < BATCH_GAIN * p.throughput
+    return p.throughput > held.throughput
 
 
 def candidates_for_models(
