@@ -66,3 +66,23 @@ def test_progress_is_plain_when_not_on_a_terminal(zoo_repo: Path, tmp_path: Path
     quiet = subprocess.run([sys.executable, "-m", "edgeplex.cli", "--quiet", "zoo", "pull", "ppocr_cls", "--dest",
                             str(tmp_path / "zoo")], capture_output=True, text=True, timeout=120)
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_bench_progress_is_one_plain_line_per_phase_off_a_terminal(tiny_repo: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from edgeplex.bench import clients, progress
+    from edgeplex.bench.loadgen import closed_loop
+
+    engine = Engine(tiny_repo, cores=1)
+    try:
+        engine.load_all(["add"])
+        inputs = {"add": {"x": np.ones((1, 4), np.float32)}}
+        loads = closed_loop(clients.inprocess(engine), inputs, {"add": 1}, duration_s=0.3)
+        err = capsys.readouterr().err
+        assert err.strip() == f"edgeplex bench: add: {loads['add'].completed} answered"
+        progress.ENABLED = False  # --quiet
+        closed_loop(clients.inprocess(engine), inputs, {"add": 1}, requests_per_client=3)
+        assert capsys.readouterr().err == ""
+    finally:
+        progress.ENABLED = True
+        engine.close()

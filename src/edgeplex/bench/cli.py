@@ -55,6 +55,9 @@ def add_bench_parser(commands: Any) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    from . import progress
+
+    progress.ENABLED = not getattr(args, "quiet", False)
     if args.scenario == "allocation":
         from .allocation import allocation
 

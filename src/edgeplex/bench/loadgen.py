@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .clients import SenderFactory
+from .progress import Progress
 
 
 @dataclass
@@ -106,8 +107,11 @@ def closed_loop(
         thread.start()
     start_gate.wait()
     began = time.perf_counter()
-    for thread in threads:
-        thread.join()
+    with Progress(", ".join(clients), duration_s) as progress:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.5)
+                progress.at(time.perf_counter() - began, sum(load.completed for load in loads.values()))
     for model, load in loads.items():
         load.seconds = max(finished[model]) - began
     return loads
