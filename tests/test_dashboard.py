@@ -216,7 +216,7 @@ def _eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "")
 @pytest.fixture
 def browser() -> Iterator[Any]:
     """Headless Chromium through Selenium and Debian's chromedriver (never Selenium Manager)."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra: pip install -e '.[test]'")
+    from selenium import webdriver  # in the test extra: a missing one is a broken install, not a skip
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()

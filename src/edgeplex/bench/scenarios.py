@@ -28,10 +28,16 @@ MIX = ("yolov8n", "ppocr_det", "ppocr_rec", "magika")
 
 def _repository_with(models: tuple[str, ...], overrides: dict[str, Any]) -> Path:
     """A temporary repository of zoo models (symlinked files) with config fields overridden."""
+    return repository_of({name: overrides for name in models})
+
+
+def repository_of(configs: dict[str, dict[str, Any]]) -> Path:
+    """A temporary repository of zoo models (symlinked files), each with its own config
+    overrides; a None value is written as null (`dynamic_batching: null` = off)."""
     zoo = default_zoo_dir()
-    pull(zoo, list(models), progress=False)
+    pull(zoo, list(configs), progress=False)
     root = Path(tempfile.mkdtemp(prefix="edgeplex-bench-"))
-    for name in models:
+    for name, overrides in configs.items():
         (root / name / "1").mkdir(parents=True)
         (root / name / "1" / "model.onnx").symlink_to(zoo / name / "1" / "model.onnx")
         config = yaml.safe_load((zoo / name / "config.yaml").read_text())

@@ -25,7 +25,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import tempfile
 import threading
 import time
 import urllib.request
@@ -36,13 +35,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from ..zoo import default_zoo_dir, example_inputs, pull
+from ..zoo import default_zoo_dir, example_inputs
 from . import clients
 from .loadgen import ModelLoad, closed_loop
 from .process import ServerProcess, running_server
 from .report import table
+from .scenarios import repository_of
 
 PROTECTED = "ppocr_det"
 BACKGROUND = ("yolov8n", "ppocr_rec", "magika")
@@ -59,18 +58,9 @@ DISTURBED_CORES = 0.3
 
 
 def _repository(configs: dict[str, dict[str, Any]]) -> Path:
-    """A temporary repository of zoo models (symlinked files), each with its own overrides; a
-    None value is written as null (`slo_ms: null` = no deadline, `dynamic_batching: null` = off)."""
-    zoo = default_zoo_dir()
-    pull(zoo, list(configs), progress=False)
-    root = Path(tempfile.mkdtemp(prefix="edgeplex-sched-"))
-    for name, overrides in configs.items():
-        (root / name / "1").mkdir(parents=True)
-        (root / name / "1" / "model.onnx").symlink_to(zoo / name / "1" / "model.onnx")
-        config = yaml.safe_load((zoo / name / "config.yaml").read_text())
-        config.update(overrides)
-        (root / name / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return root
+    """A temporary repository of zoo models, each with its own overrides (None is written as
+    null: `slo_ms: null` = no deadline, `dynamic_batching: null` = off)."""
+    return repository_of(configs)
 
 
 @contextmanager
