@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 
 from edgeplex.backends import ExecutionConfig
 from edgeplex.engine import Engine, InferRequest
+from edgeplex.engine.manager import EVICTED_REASON
 from edgeplex.engine.placement import InstanceGroup, ModelPlacement
 from edgeplex.errors import BackendError, ModelNotReady
 from edgeplex.tuning.allocator import Allocator
@@ -59,11 +60,15 @@ def test_a_model_that_cannot_come_back_is_refused_at_once_with_back_off(tmp_path
     for name, pinned in (("a", False), ("b", True)):
         slow_model(tmp_path / name / "1" / "model.onnx", size=512, layers=8)  # 8.4 MB each
         write_config(tmp_path / name, max_batch_size=8, pinned=pinned)
-    engine = Engine(tmp_path, cores=1, memory_budget=12_000_000)  # one of them
+    engine = Engine(tmp_path, cores=1)
     try:
-        assert engine.load_all() == {}  # b's load evicted a; b is pinned, so a cannot come back
+        assert engine.load_all() == {}
+        # b (pinned) and half a's file fit; a cannot come back beside b.
+        budget = engine.manager.state("b").memory_bytes + (tmp_path / "a" / "1" / "model.onnx").stat().st_size // 2
+        engine.manager.memory_budget = budget
+        engine.manager.unload("a", EVICTED_REASON, evicted=True)
         x = {"x": np.ones((1, 512), np.float32)}
-        with pytest.raises(ModelNotReady, match="memory budget is 12.0 MB"):
+        with pytest.raises(ModelNotReady, match=f"memory budget is {budget / 1e6:.1f} MB"):
             engine.infer(InferRequest("a", x))
         started = time.monotonic()
         with pytest.raises(ModelNotReady, match=r"could not be loaded back \(1 tries failed.*next try in"):

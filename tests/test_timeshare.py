@@ -117,3 +117,26 @@ def test_matches_brute_force_on_random_mixes() -> None:
         result = plan_shared(demand, mix, cores, budget)
         got = result.lam if not result.unplaced else 0.0
         assert got == pytest.approx(expected, rel=1e-9, abs=1e-9), (cores, budget, demand, mix)
+
+
+def test_when_not_all_fit_the_most_models_are_placed_and_the_rest_take_turns() -> None:
+    mix = {
+        "det": [cand("onnxruntime", 1, 40, memory=30), cand("openvino", 1, 60, memory=45)],
+        "cls": [cand("onnxruntime", 1, 120, memory=20)],
+        "ocr": [cand("onnxruntime", 1, 50, memory=25)],
+    }
+    # 55 bytes: two in their smallest configs but not all three; the two with most demand stay.
+    result = plan_shared({"det": 5, "cls": 1, "ocr": 3}, mix, cores=2, memory_budget=55)
+    assert set(result.placement) == {"det", "ocr"} and result.lam > 0
+    assert result.placement["det"].groups[0].config.backend == "onnxruntime"  # the 45-byte one cannot fit
+    assert "taking turns" in result.unplaced["cls"]
+    (turn,) = result.turns["cls"].groups
+    assert (turn.count, turn.memory_bytes) == (1, 20)
+    # Every placed group carries its profiled bytes, which the manager then accounts it at.
+    assert all(g.memory_bytes == 30 for g in result.placement["det"].groups)
+    # Without demand, shares are equal: the pair with the best λ (det is the slowest: it goes).
+    idle = plan_shared({}, mix, cores=2, memory_budget=55)
+    assert set(idle.placement) == {"cls", "ocr"} and set(idle.turns) == {"det"}
+    # Not even one fits: nothing is placed, each says why.
+    none = plan_shared({"det": 1}, mix, cores=2, memory_budget=10)
+    assert none.placement == {} and none.turns == {} and "fits the memory budget" in none.unplaced["det"]

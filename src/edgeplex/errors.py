@@ -52,6 +52,19 @@ class ModelNotReady(EdgeplexError):
     grpc_code = grpc.StatusCode.UNAVAILABLE
 
 
+class ModelEvicted(ModelNotReady):
+    """The model was evicted for memory; the engine loads it again and retries the request."""
+
+
+class MemoryFull(ModelNotReady):
+    """No model can be evicted yet to make room: each resident one is still within its minimum
+    residency (loaded too recently to be swapped out again). `retry_in_s` says when one can."""
+
+    def __init__(self, message: str, retry_in_s: float) -> None:
+        super().__init__(message)
+        self.retry_in_s = retry_in_s
+
+
 class PayloadTooLarge(EdgeplexError):
     """The request body is over the configured limit."""
 

@@ -11,15 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ModelConfig, default_cores
-from ..errors import EdgeplexError, ServerShuttingDown
+from ..errors import EdgeplexError, ModelEvicted, ServerShuttingDown
 from ..repository import Repository
 from .executor import TokenPool
-from .manager import ModelEvicted, ModelManager, ModelState
+from .manager import RELOAD_WAIT_S, ModelManager, ModelState
 from .placement import ModelPlacement
 from .request import InferRequest, InferResponse
 from .scheduler import discipline
 
 log = logging.getLogger(__name__)
+
+RELOAD_TRIES = 3  # a request whose model is evicted again between its reload and its submit retries
 
 
 class Engine:
@@ -129,12 +131,16 @@ class Engine:
 
     def submit(self, request: InferRequest) -> Future[InferResponse]:
         """Validate and queue a request; the future resolves when it has run. A model evicted
-        for memory is loaded again first (blocking: use `infer_async` from an event loop)."""
-        try:
-            return self.submit_nowait(request)
-        except ModelEvicted:
-            self.manager.ensure_loaded(request.model_name)
-            return self.submit_nowait(request)
+        for memory is loaded again first, waiting for its turn within the request's timeout
+        (blocking: use `infer_async` from an event loop)."""
+        for attempt in range(RELOAD_TRIES):
+            try:
+                return self.submit_nowait(request)
+            except ModelEvicted:
+                if attempt == RELOAD_TRIES - 1:
+                    raise
+                self.manager.ensure_loaded(request.model_name, wait_s=_reload_wait_s(request))
+        raise AssertionError("unreachable")
 
     def infer(self, request: InferRequest) -> InferResponse:
         """Run a request and wait for it (from any thread but an event loop's)."""
@@ -142,11 +148,14 @@ class Engine:
 
     async def infer_async(self, request: InferRequest) -> InferResponse:
         """Run a request without blocking the event loop (a reload happens in a worker thread)."""
-        try:
-            future = self.submit_nowait(request)
-        except ModelEvicted:
-            await asyncio.to_thread(self.manager.ensure_loaded, request.model_name)
-            future = self.submit_nowait(request)
+        for attempt in range(RELOAD_TRIES):
+            try:
+                future = self.submit_nowait(request)
+                break
+            except ModelEvicted:
+                if attempt == RELOAD_TRIES - 1:
+                    raise
+                await asyncio.to_thread(self.manager.ensure_loaded, request.model_name, True, _reload_wait_s(request))
         return await asyncio.wrap_future(future)
 
     def submit_nowait(self, request: InferRequest) -> Future[InferResponse]:
@@ -159,3 +168,8 @@ class Engine:
         """Refuse new requests, finish the queued ones, release every model."""
         self._closed = True
         self.manager.close()
+
+
+def _reload_wait_s(request: InferRequest) -> float:
+    """How long a request may wait for its evicted model's turn: its own timeout, else a bound."""
+    return request.timeout_us / 1e6 if request.timeout_us else RELOAD_WAIT_S

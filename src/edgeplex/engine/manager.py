@@ -4,8 +4,17 @@ A model that fails to load is kept as UNAVAILABLE with its reason, visible in th
 index; it never stops the others. Loads are serialised so that each model's resident-set
 delta (its measured memory) is its own. A placement change (or a reload) opens and warms the
 new sessions before the old ones retire, under the same queue: no request is lost, refused or
-answered twice because of it. Within a memory budget, loading evicts the least recently used
-model that is neither pinned nor busy; a request for an evicted model loads it again.
+answered twice because of it.
+
+Memory: an instance is accounted at the bytes its placement carries (the profiled figure the
+allocator planned with: one figure plans and enforces the budget), else at what its load
+measured (resident-set delta of open + first run, floored by the largest measured before for
+the same config and by the file's size: a reload into freed pages under-counts otherwise).
+Within a budget, loading evicts the least recently used model that is neither pinned nor busy,
+after it has finished what it has queued; a request for an evicted model loads it again. "Busy"
+for a swap on request means loaded less than RESIDENCY_LOADS times its load time ago: when the
+models with traffic cannot all be resident, they take turns at that pace instead of thrashing
+or one of them starving, and a request waits (bounded) for its model's turn.
 """
 
 from __future__ import annotations
@@ -18,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..backends import Backend, ExecutionConfig, get_backend
-from ..backends.base import measure_rss
+from ..backends.base import measure_held
 from ..config import ModelConfig
-from ..errors import BackendError, EdgeplexError, ModelNotFound, ModelNotReady
+from ..errors import BackendError, EdgeplexError, MemoryFull, ModelEvicted, ModelNotFound, ModelNotReady
 from ..repository import ModelSource, Repository
 from .executor import TokenPool
 from .placement import InstanceGroup, ModelPlacement
@@ -33,10 +42,10 @@ log = logging.getLogger(__name__)
 READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNLOADING"
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 60.0  # back-off of failed reloads
 EVICTED_REASON = "evicted to stay within the memory budget; loaded again on its next request"
+RESIDENCY_LOADS = 10.0  # a model swapped in on request stays this many times its load time, at least
+RELOAD_WAIT_S = 10.0  # how long a request (without a timeout of its own) waits for its model's turn
 
-
-class ModelEvicted(ModelNotReady):
-    """The model was evicted for memory; the engine loads it again and retries."""
+__all__ = ["ModelEvicted", "ModelManager", "ModelState"]
 
 
 @dataclass
@@ -60,7 +69,12 @@ class ModelState:
     placement: ModelPlacement | None = None
     evicted: bool = False
     last_used: float = 0.0
-    memory_bytes: int = 0  # measured at its last load; the estimate for the next one
+    memory_bytes: int = 0  # accounted for its instances now
+    # The largest resident-set figure measured per (backend, variant, threads): a reload into
+    # pages freed by an eviction measures less than the model really holds.
+    measured: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    loaded_at: float = 0.0
+    load_seconds: float = 0.0  # how long its last load took (open + warm-up of new instances)
     stats: dict[str, ModelStats] = field(default_factory=dict)  # kept across evictions
     decisions: deque[Decision] = field(default_factory=lambda: deque(maxlen=20))
     placements: int = 0  # placements installed, ever (loads and re-placements)
@@ -72,6 +86,11 @@ class ModelState:
     @property
     def latest(self) -> str:
         return max(self.runners, key=int) if self.runners else ""
+
+    @property
+    def swappable_at(self) -> float:
+        """When a swap on request may evict it: its load paid back RESIDENCY_LOADS times over."""
+        return self.loaded_at + RESIDENCY_LOADS * self.load_seconds
 
 
 def default_placement(config: ModelConfig) -> ModelPlacement:
@@ -148,8 +167,9 @@ class ModelManager:
             return sum(r.memory_bytes for s in self._states.values() if s.state == READY for r in s.runners.values())
 
     # -- control -------------------------------------------------------------------------------
-    def load(self, name: str) -> ModelState:
-        """(Re)load a model under its placement; on failure it is UNAVAILABLE with the reason."""
+    def load(self, name: str, protect_recent: bool = False) -> ModelState:
+        """(Re)load a model under its placement; on failure it is UNAVAILABLE with the reason.
+        `protect_recent`: evict only models whose residency is paid back (a swap on request)."""
         source = self.repository.source(name)
         with self._lock:
             state = self._states.setdefault(name, ModelState(name))
@@ -161,7 +181,7 @@ class ModelManager:
                 config = self.repository.load_config(source)
                 if state.placement is None or not serving:
                     state.placement = state.placement or default_placement(config)
-                self._install(state, source, config, state.placement, reuse=False)
+                self._install(state, source, config, state.placement, reuse=False, protect_recent=protect_recent)
         except EdgeplexError as exc:
             with self._lock:
                 if not serving:
@@ -170,31 +190,45 @@ class ModelManager:
             raise
         return state
 
-    def ensure_loaded(self, name: str, on_request: bool = True) -> None:
+    def ensure_loaded(self, name: str, on_request: bool = True, wait_s: float = RELOAD_WAIT_S) -> None:
         """Load an evicted model again; counted in its statistics when a request waits for it.
-        After a failed reload, further tries wait an exponential back-off (0.5 s doubling to
-        60 s) and are refused with the last reason meanwhile."""
-        with self._load_lock:
-            state = self.state(name)
-            if state.state == READY or not state.evicted:
-                return
-            wait = state.retry_at - time.monotonic()
-            if wait > 0:
-                raise ModelNotReady(
-                    f"model '{name}' could not be loaded back ({state.reload_failures} tries failed: {state.reason}); "
-                    f"next try in {wait:.1f} s"
-                )
-            try:
-                self.load(name)
-            except EdgeplexError as exc:
-                with self._lock:
-                    state.reload_failures += 1
-                    state.retry_at = time.monotonic() + min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (state.reload_failures - 1))
-                    state.evicted, state.reason = True, exc.message  # still evicted: a later try may fit
-                raise
-            state.reload_failures, state.retry_at = 0, 0.0
-            for stats in state.stats.values() if on_request else ():
-                stats.reloads += 1
+        When the resident models are all within their minimum residency, wait up to `wait_s`
+        for one to be swappable (a fair turn, not a refusal). After a failed reload (an error of
+        the model's own, or a budget no eviction can satisfy), further tries wait an exponential
+        back-off (0.5 s doubling to 60 s) and are refused with the last reason meanwhile."""
+        give_up = time.monotonic() + wait_s
+        while True:
+            with self._load_lock:
+                state = self.state(name)
+                if state.state == READY or not state.evicted:
+                    return
+                wait = state.retry_at - time.monotonic()
+                if wait > 0:
+                    raise ModelNotReady(
+                        f"model '{name}' could not be loaded back ({state.reload_failures} tries failed: "
+                        f"{state.reason}); next try in {wait:.1f} s"
+                    )
+                try:
+                    self.load(name, protect_recent=True)
+                except MemoryFull as exc:  # its turn has not come yet: not a failure of the model
+                    with self._lock:
+                        state.evicted, state.reason = True, EVICTED_REASON
+                    pause = exc.retry_in_s
+                    if time.monotonic() + pause > give_up:
+                        raise
+                except EdgeplexError as exc:
+                    with self._lock:
+                        state.reload_failures += 1
+                        state.retry_at = time.monotonic() + min(
+                            RETRY_MAX_S, RETRY_FIRST_S * 2 ** (state.reload_failures - 1))
+                        state.evicted, state.reason = True, exc.message  # still evicted: a later try may fit
+                    raise
+                else:
+                    state.reload_failures, state.retry_at = 0, 0.0
+                    for stats in state.stats.values() if on_request else ():
+                        stats.reloads += 1
+                    return
+            time.sleep(max(pause, 0.001))  # outside the lock: the swap that frees room needs it
 
     def apply(self, placement: ModelPlacement) -> None:
         """Run a model under `placement`: new sessions warm up, then the old ones retire."""
@@ -202,11 +236,13 @@ class ModelManager:
             state = self.state(placement.model)
             if state.placement is not None and state.placement.same_configs(placement) and state.state == READY:
                 state.placement.capacity, state.placement.reason = placement.capacity, placement.reason
+                self._account(state, placement)
                 return
             previous, state.placement = state.placement, placement
             if state.state == READY and state.config is not None:
                 try:
-                    self._install(state, self.repository.source(placement.model), state.config, placement, reuse=True)
+                    self._install(state, self.repository.source(placement.model), state.config, placement, reuse=True,
+                                  protect_recent=False)
                 except BaseException:  # it keeps running what it ran: report that, and let a retry happen
                     state.placement = previous
                     raise
@@ -219,10 +255,11 @@ class ModelManager:
                 if state is None:
                     self.repository.source(name)  # 404 if it does not even exist
                 return
-            state.state, state.reason = UNLOADING, ""
+            # Evicted from now on: requests arriving while it drains wait for its reload.
+            state.state, state.reason, state.evicted = UNLOADING, "", evicted
             runners = state.runners
         for runner in runners.values():
-            runner.close()
+            runner.close(evicted=evicted)
         with self._lock:
             state.runners = {}
             state.state, state.reason, state.evicted = UNAVAILABLE, reason, evicted
@@ -235,7 +272,8 @@ class ModelManager:
 
     # -- internals -----------------------------------------------------------------------------
     def _install(
-        self, state: ModelState, source: ModelSource, config: ModelConfig, placement: ModelPlacement, reuse: bool
+        self, state: ModelState, source: ModelSource, config: ModelConfig, placement: ModelPlacement, reuse: bool,
+        protect_recent: bool,
     ) -> None:
         """Give every version's runner `placement`'s instances. With `reuse` (a placement change)
         those it already has under the same config are kept and only the missing ones are opened
@@ -244,11 +282,13 @@ class ModelManager:
         plan = {str(v): _reuse(state.runners.get(str(v)) if reuse and state.state == READY else None, placement)
                 for v in source.versions}
         to_open = {v: missing for v, (_, missing) in plan.items()}
-        self._make_room(state, self._estimate(state, source, config, to_open))
-        opened = self._open(source, config, to_open)
+        self._make_room(state, self._estimate(state, source, config, to_open), protect_recent)
+        started = time.monotonic()
+        opened = self._open(source, config, to_open, state.measured)
+        load_seconds = time.monotonic() - started
         grown = sum(inst.memory_bytes for instances in opened.values() for inst in instances)
         try:
-            self._make_room(state, grown)  # measured now: make room for what it really took
+            self._make_room(state, grown, protect_recent)  # measured now: make room for what it really took
         except ModelNotReady:
             for instances in opened.values():
                 for inst in instances:
@@ -266,7 +306,9 @@ class ModelManager:
                     runner = ModelRunner(config, version, instances, self.pools["cpu"], stats, self.order)
                     state.stats[version] = runner.stats
                     state.runners[version] = runner
-            state.memory_bytes = sum(r.memory_bytes for r in state.runners.values())
+            if not reuse:
+                state.loaded_at, state.load_seconds = time.monotonic(), load_seconds
+            self._account(state, placement)
             state.state, state.reason, state.evicted = READY, "", False
             state.last_used = time.monotonic()
             state.decisions.append(Decision(time.time(), _describe(placement), placement.reason))
@@ -279,57 +321,77 @@ class ModelManager:
                    "memory_bytes": state.memory_bytes, "reason": placement.reason},
         )
 
+    @staticmethod
+    def _account(state: ModelState, placement: ModelPlacement) -> None:
+        """Account each instance at its group's profiled bytes where the placement has them."""
+        planned = {g.config: g.memory_bytes for g in placement.groups if g.memory_bytes > 0}
+        for runner in state.runners.values():
+            for inst in runner.instances:
+                inst.memory_bytes = planned.get(inst.config, inst.memory_bytes)
+        state.memory_bytes = sum(r.memory_bytes for r in state.runners.values())
+
     def _estimate(self, state: ModelState, source: ModelSource, config: ModelConfig,
-                  to_open: dict[str, list[tuple[ExecutionConfig, int]]]) -> int:
-        """Bytes the instances to open will take: what an instance of the same backend and variant
-        measured, else the file's size (its weights at least: a variant's file may be a quarter
-        of the original's); a wrong guess is corrected once the load has been measured."""
-        measured = {(i.config.backend, i.config.variant): i.memory_bytes
-                    for runner in state.runners.values() for i in runner.instances}
+                  to_open: dict[str, list[InstanceGroup]]) -> int:
+        """Bytes the instances to open will take: the placement's profiled figure, else what an
+        instance of the same config measured before, else the file's size (its weights at least:
+        a variant's file may be a quarter of the original's); a wrong guess is corrected once
+        the load has been measured."""
         total = 0
-        for version, wanted in to_open.items():
-            for exec_config, count in wanted:
-                each = measured.get((exec_config.backend, exec_config.variant))
-                if each is None:
-                    path = model_file(source.versions[int(version)], config, exec_config)
-                    each = path.stat().st_size
-                total += each * count
+        for version, groups in to_open.items():
+            for group in groups:
+                each = group.memory_bytes or state.measured.get(_memo_key(group.config), 0)
+                if not each:
+                    each = model_file(source.versions[int(version)], config, group.config).stat().st_size
+                total += each * group.count
         return total
 
-    def _make_room(self, loading: ModelState, need: int) -> None:
-        """Evict least recently used models (not pinned, not busy) until `need` more bytes fit."""
+    def _make_room(self, loading: ModelState, need: int, protect_recent: bool) -> None:
+        """Evict least recently used models (not pinned, not being replaced; with
+        `protect_recent`, only those whose residency is paid back) until `need` more bytes fit.
+        Raises MemoryFull when room will come once a resident model's turn ends, and
+        ModelNotReady when no eviction could ever make it."""
         if self.memory_budget is None:
             return
         while self.memory_used() + need > self.memory_budget:
+            now = time.monotonic()
             with self._lock:
-                candidates = [
-                    s for s in self._states.values()
-                    if s is not loading and s.state == READY and not (s.config and s.config.pinned)
-                    and not any(r.busy for r in s.runners.values())
-                ]
-            if not candidates:
+                others = [s for s in self._states.values() if s is not loading and s.state == READY]
+                candidates = [s for s in others if not (s.config and s.config.pinned)]
+            held = sum(s.memory_bytes for s in others if s not in candidates) + (
+                loading.memory_bytes if loading.state == READY else 0)
+            if not candidates or held + need > self.memory_budget:
                 raise ModelNotReady(
                     f"model '{loading.name}' needs about {need / 1e6:.1f} MB; the memory budget is "
-                    f"{self.memory_budget / 1e6:.1f} MB and {self.memory_used() / 1e6:.1f} MB are held by models "
-                    "that are pinned, busy or being replaced"
+                    f"{self.memory_budget / 1e6:.1f} MB and {held / 1e6:.1f} MB are held by models that are pinned "
+                    "or being replaced"
                 )
-            victim = min(candidates, key=lambda s: s.last_used)
+            ripe = [s for s in candidates if not protect_recent or s.swappable_at <= now]
+            if not ripe:
+                turn = min(s.swappable_at for s in candidates) - now
+                raise MemoryFull(
+                    f"model '{loading.name}' needs about {need / 1e6:.1f} MB of the {self.memory_budget / 1e6:.1f} MB "
+                    f"memory budget, held by models loaded too recently to be swapped out "
+                    f"({', '.join(sorted(s.name for s in candidates))}); the next can be in {turn:.1f} s",
+                    retry_in_s=max(turn, 0.0),
+                )
+            victim = min(ripe, key=lambda s: s.last_used)
             self.unload(victim.name, EVICTED_REASON, evicted=True)
 
     def _open(
-        self, source: ModelSource, config: ModelConfig, wanted: dict[str, list[tuple[ExecutionConfig, int]]]
+        self, source: ModelSource, config: ModelConfig, wanted: dict[str, list[InstanceGroup]],
+        measured: dict[tuple[str, str, int], int],
     ) -> dict[str, list[Instance]]:
-        """Open `wanted[version]` instances (config, count) of each version, all or none."""
+        """Open `wanted[version]` instances of each version, all or none."""
         opened: dict[str, list[Instance]] = {}
         try:
             for version, folder in sorted(source.versions.items()):
                 instances: list[Instance] = []
                 opened[str(version)] = instances
-                for exec_config, count in wanted.get(str(version), []):
-                    backend = get_backend(exec_config.backend)
-                    path = model_file(folder, config, exec_config)
-                    for _ in range(count):
-                        instances.append(self._open_instance(backend, path, exec_config, config))
+                for group in wanted.get(str(version), []):
+                    backend = get_backend(group.config.backend)
+                    path = model_file(folder, config, group.config)
+                    for _ in range(group.count):
+                        instances.append(self._open_instance(backend, path, group, config, measured))
         except BaseException:
             # A later version or instance failed: release what was opened.
             for instances in opened.values():
@@ -338,16 +400,24 @@ class ModelManager:
             raise
         return opened
 
-    def _open_instance(self, backend: Backend, path: Path, exec_config: ExecutionConfig, config: ModelConfig) -> Instance:
+    def _open_instance(self, backend: Backend, path: Path, group: InstanceGroup, config: ModelConfig,
+                       measured: dict[tuple[str, str, int], int]) -> Instance:
         """Open one session and run it once, measuring the resident memory both took."""
-        session, opened = measure_rss(lambda: backend.open(path, exec_config))
+        session, opened = measure_held(lambda: backend.open(path, group.config))
         try:
-            _, warmed = measure_rss(lambda: session.run(warmup_inputs(config)))
+            _, warmed = measure_held(lambda: session.run(warmup_inputs(config)))
         except EdgeplexError as exc:
             log.info("model %s: warm-up run skipped (%s)", config.name, exc.message)
             warmed = 0
-        # The backend's own figure is a floor where the resident-set delta misses reused pages.
-        return Instance(session, exec_config, max(opened, session.memory_bytes) + warmed)
+        # The backend's own figure, the file's size and earlier loads are floors of the delta.
+        key = _memo_key(group.config)
+        figure = max(opened + warmed, session.memory_bytes, path.stat().st_size, measured.get(key, 0))
+        measured[key] = figure
+        return Instance(session, group.config, group.memory_bytes or figure)
+
+
+def _memo_key(config: ExecutionConfig) -> tuple[str, str, int]:
+    return config.backend, config.variant, config.threads
 
 
 def model_file(folder: Path, config: ModelConfig, exec_config: ExecutionConfig) -> Path:
@@ -361,20 +431,18 @@ def model_file(folder: Path, config: ModelConfig, exec_config: ExecutionConfig) 
     return path
 
 
-def _reuse(
-    runner: ModelRunner | None, placement: ModelPlacement
-) -> tuple[list[Instance], list[tuple[ExecutionConfig, int]]]:
-    """(instances of `runner` that `placement` keeps, (config, count) still to open)."""
+def _reuse(runner: ModelRunner | None, placement: ModelPlacement) -> tuple[list[Instance], list[InstanceGroup]]:
+    """(instances of `runner` that `placement` keeps, groups of those still to open)."""
     spare = list(runner.instances) if runner is not None else []
     kept: list[Instance] = []
-    missing: list[tuple[ExecutionConfig, int]] = []
+    missing: list[InstanceGroup] = []
     for group in placement.groups:
         same = [inst for inst in spare if inst.config == group.config][: group.count]
         for inst in same:
             spare.remove(inst)
         kept += same
         if group.count > len(same):
-            missing.append((group.config, group.count - len(same)))
+            missing.append(InstanceGroup(group.config, group.count - len(same), group.memory_bytes))
     return kept, missing
 
 

@@ -14,6 +14,9 @@ class InstanceGroup:
 
     config: ExecutionConfig
     count: int = 1
+    # Resident bytes of one instance as profiled, which the manager then accounts it at, so that
+    # planning and enforcing the memory budget use one figure; 0 = unknown: measured at load.
+    memory_bytes: int = field(default=0, compare=False)
 
     @property
     def threads(self) -> int:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..backends import ExecutionConfig, Session
 from ..config import ModelConfig
-from ..errors import DeadlineExceeded, EdgeplexError, InvalidInput, Overloaded
+from ..errors import DeadlineExceeded, EdgeplexError, InvalidInput, ModelEvicted, Overloaded, ServerShuttingDown
 from ..tensors import numpy_dtype, shape_matches, v2_datatype
 from .batcher import BatchPolicy, collate, signature, split
 from .executor import Flow, TokenPool
@@ -74,6 +74,7 @@ class ModelRunner:
         self._workers: list[_Worker] = []
         self._serial = 0
         self._in_flight = 0
+        self._evicted = False
         self.submitted = 0  # requests admitted to the queue, ever (the monitor's arrivals)
         self.replace_instances(instances)
 
@@ -132,12 +133,16 @@ class ModelRunner:
             if isinstance(exc, Overloaded):
                 self.stats.record_rejection()
             self._done(None)
+            if isinstance(exc, ServerShuttingDown) and self._evicted:  # it raced an eviction: reload, retry
+                raise ModelEvicted(f"model '{self.config.name}' was evicted for memory while the request arrived") from exc
             raise
         future.add_done_callback(self._done)
         return future
 
-    def close(self, timeout: float | None = None) -> None:
-        """Finish what is queued, then stop the threads and release the sessions."""
+    def close(self, timeout: float | None = None, evicted: bool = False) -> None:
+        """Finish what is queued, then stop the threads and release the sessions. `evicted`:
+        a request that races the close is told so, and its caller loads the model again."""
+        self._evicted = evicted
         self.queue.close()
         with self._lock:
             workers = list(self._workers)

@@ -43,10 +43,13 @@ class EngineCollector(Collector):
             labels=labels,
         )
         reloads = CounterMetricFamily("edgeplex_model_reload", "Loads of an evicted model on request", labels=labels)
-        memory = GaugeMetricFamily("edgeplex_model_memory_bytes", "Resident memory measured at load", labels=labels)
+        memory = GaugeMetricFamily("edgeplex_model_memory_bytes", "Resident memory accounted for its instances (profiled, else measured at load)", labels=labels)
         for state in self.engine.models():
-            for version, runner in state.runners.items():
-                stats = runner.stats.as_triton()
+            # Counters are kept across evictions: an evicted model's series stay (pending and
+            # memory at 0) instead of vanishing from a scrape and restarting after its reload.
+            for version, model_stats in state.stats.items():
+                runner = state.runners.get(version)
+                stats = model_stats.as_triton()
                 inference = stats["inference_stats"]
                 key = [state.name, version]
                 success.add_metric(key, inference["success"]["count"])
@@ -56,11 +59,11 @@ class EngineCollector(Collector):
                 request_us.add_metric(key, inference["success"]["ns"] / 1000)
                 queue_us.add_metric(key, inference["queue"]["ns"] / 1000)
                 compute_us.add_metric(key, inference["compute_infer"]["ns"] / 1000)
-                pending.add_metric(key, len(runner.queue))
-                rejected.add_metric(key, runner.stats.rejected)
-                misses.add_metric(key, runner.stats.deadline_misses)
-                reloads.add_metric(key, runner.stats.reloads)
-                memory.add_metric(key, runner.memory_bytes)
+                pending.add_metric(key, len(runner.queue) if runner else 0)
+                rejected.add_metric(key, model_stats.rejected)
+                misses.add_metric(key, model_stats.deadline_misses)
+                reloads.add_metric(key, model_stats.reloads)
+                memory.add_metric(key, runner.memory_bytes if runner else 0)
         yield from (success, failure, count, executions, request_us, queue_us, compute_us, pending, rejected, misses,
                     reloads, memory)
 

@@ -22,6 +22,7 @@ from ..engine import Engine
 from ..engine.executor import Grant
 from ..engine.monitor import Monitor
 from ..engine.placement import ModelPlacement, Placement
+from ..errors import MemoryFull
 from .policies import (
     Candidate,
     PlanResult,
@@ -128,8 +129,9 @@ class Allocator:
         # The token pool time-shares cores between models: plan under that model of the box.
         result = plan_shared(demand, candidates, cores, budget, self.slowdown, current)
         self.last_result = result
-        evicted = sorted(m for m in candidates if self.engine.manager.state(m).evicted)
-        # A model evicted for memory serves nothing: any plan that fits it back in is a gain.
+        # A planned model evicted for memory serves nothing: any plan that fits it back in is a
+        # gain. (Those taking turns in memory are evicted by design, and come back on request.)
+        evicted = sorted(m for m in candidates if self.engine.manager.state(m).evicted and m not in result.turns)
         now = 0.0 if evicted else shared_lam(current, demand, candidates, cores, self.slowdown)
         log.debug("plan: demand %s, slowdown %s: current %.3f, planned %.3f (%s)",
                   {m: round(v, 1) for m, v in demand.items()}, {m: round(v, 2) for m, v in self.slowdown.items()},
@@ -140,11 +142,13 @@ class Allocator:
         for name, placement in result.placement.items():
             placement.reason = f"pareto: {placement.reason}; {gain}"
             placement.extra["slowdown"] = round(self.slowdown.get(name, 1.0), 3)
-        self._apply_all(result.placement)
+        self._apply_all({**result.turns, **result.placement})
         for name in evicted:  # back in, under its new (smaller) placement
             if name in result.placement and not self._stop.is_set():
                 try:
-                    self.engine.manager.ensure_loaded(name, on_request=False)
+                    self.engine.manager.ensure_loaded(name, on_request=False, wait_s=0.0)
+                except MemoryFull as exc:  # the resident models' turns are not over: next round
+                    log.info("model %s waits for room: %s", name, exc.message)
                 except Exception as exc:  # it stays evicted; a request will try again
                     log.error("model %s could not be loaded back: %s", name, exc)
         return result

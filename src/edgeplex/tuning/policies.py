@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..backends.base import ExecutionConfig
@@ -43,6 +43,9 @@ class PlanResult:
     capacity: dict[str, float]  # requests/s per placed model, slowdown included
     unplaced: dict[str, str]  # model -> why it could not be placed within the budgets
     method: str = ""  # which planner produced it
+    # Models the memory budget cannot hold with the others: each in its smallest config, one
+    # instance, so that taking turns (swapped in on request) costs the others least.
+    turns: Placement = field(default_factory=dict)
 
 
 def resolve_tokens(config: ExecutionConfig, cores: int, capacities: Mapping[str, int] | None = None) -> int:

@@ -11,9 +11,7 @@ measured again, and neither is a config that failed before (its reason is kept).
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import gc
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..backends import Backend, ExecutionConfig, Session, available_backends, get_backend
-from ..backends.base import measure_rss
+from ..backends.base import measure_rss, release_freed_memory
 from ..config import ModelConfig
 from ..engine.runner import warmup_inputs
 from ..errors import EdgeplexError
@@ -104,15 +102,6 @@ def inputs_for(name: str, config: ModelConfig, model_hash: str) -> Callable[[int
     return lambda batch: batched_warmup_inputs(config, batch)
 
 
-def _release_freed_memory() -> None:
-    """Give freed heap back to the OS so the next RSS delta is not hidden by reused pages."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the session's own figure is the floor anyway
-        pass
-
-
 _primed: set[tuple[str, str]] = set()
 
 
@@ -133,7 +122,7 @@ def measure(backend: Backend, model_file: Path, config: ExecutionConfig, inputs:
             iterations: int, warmup: int, max_seconds: float) -> Measurement:
     """Open, run once (memory), warm up, then time up to `iterations` calls within `max_seconds`."""
     _prime(backend, model_file, config, inputs)
-    _release_freed_memory()
+    release_freed_memory()
 
     def open_and_run() -> tuple[Session, float]:
         start = time.perf_counter()

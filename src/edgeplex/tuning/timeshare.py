@@ -36,23 +36,55 @@ def plan_shared(
     capacities: Mapping[str, int] | None = None,
 ) -> PlanResult:
     """One config per model and its instance count, maximising λ (ties: keep the current
-    config, then use less memory); models that cannot fit at all are reported in `unplaced`."""
+    config, then use less memory). When the memory budget cannot hold every model even in its
+    smallest config, the most models that fit are placed (the most demand among equals, then
+    the best λ); the others are reported in `unplaced`, as are models with no candidate."""
     models = sorted(m for m in set(demand) | set(candidates) if candidates.get(m))
     unplaced = {m: "no candidate config (not profiled, or none meets its slo_ms / fidelity bound)"
                 for m in set(demand) | set(candidates) if not candidates.get(m)}
-    d = shares(demand, models)
     caps = {**(capacities or {}), "cpu": cores}
-    choices = [_useful(candidates[m], m, slowdown, current) for m in models]
-    combos = math.prod(len(c) for c in choices)
+    choices = {m: _useful(candidates[m], m, slowdown, current) for m in models}
+    raw = shares(demand, models)
+    for size in range(len(models), 0, -1):
+        best: tuple[tuple[float, float, int, int], dict[str, tuple[Candidate, int]]] | None = None
+        for subset in itertools.combinations(models, size):
+            found = _search(subset, choices, caps, memory_budget, shares(demand, subset), slowdown, current)
+            if found is not None:
+                score = (sum(raw[m] for m in subset), *found[0])
+                if best is None or score > best[0]:
+                    best = (score, found[1])
+        if best is not None:
+            result = _result(best[1], shares(demand, best[1]), caps, slowdown, unplaced)
+            for m in sorted(set(models) - set(best[1])):
+                unplaced[m] = ("the memory budget cannot hold it with the others, even in their smallest configs: "
+                               "it is loaded on request, taking turns with them")
+                small = min(candidates[m], key=lambda c: (c.memory_bytes, _cost(c, m, slowdown)))
+                result.turns[m] = ModelPlacement(
+                    m, [InstanceGroup(small.config, 1, small.memory_bytes)], 0.0,
+                    f"takes turns in memory: 1x {small.config.backend}/{small.config.variant}, its smallest config "
+                    f"({small.memory_bytes / 1e6:.1f} MB)", {"share": raw[m]})
+            return result
+    for m in models:
+        unplaced[m] = "no config of it fits the memory budget"
+    return PlanResult({}, 0.0, {}, unplaced, "timeshare")
+
+
+def _search(
+    models: tuple[str, ...], choices: Mapping[str, list[Candidate]], caps: Mapping[str, int], budget: int | None,
+    d: Mapping[str, float], slowdown: Mapping[str, float] | None, current: Placement | None,
+) -> tuple[tuple[float, int, int], dict[str, tuple[Candidate, int]]] | None:
+    """The best (λ, configs kept, -memory) combination of `models`' configs, None if none fits."""
+    options = [choices[m] for m in models]
     pool: Iterator[tuple[Candidate, ...]]
-    if combos <= SEARCH_LIMIT:
-        pool = itertools.product(*choices)
-    else:  # each model's most core-efficient config alone
-        pool = iter([tuple(min(c, key=lambda x: _cost(x, m, slowdown)) for m, c in zip(models, choices))])
+    if math.prod(len(c) for c in options) <= SEARCH_LIMIT:
+        pool = itertools.product(*options)
+    else:  # each model's most core-efficient config alone, or its smallest
+        pool = iter([tuple(min(c, key=lambda x: _cost(x, m, slowdown)) for m, c in zip(models, options)),
+                     tuple(min(c, key=lambda x: x.memory_bytes) for c in options)])
     best: tuple[tuple[float, int, int], dict[str, tuple[Candidate, int]]] | None = None
     for combo in pool:
         chosen = dict(zip(models, combo))
-        counts = _instances(chosen, caps, memory_budget, d, slowdown)
+        counts = _instances(chosen, caps, budget, d, slowdown)
         if counts is None:
             continue
         lam = _lam(chosen, counts, d, caps, slowdown)
@@ -62,11 +94,7 @@ def plan_shared(
         score = (round(lam, 9), kept, -memory)
         if best is None or score > best[0]:
             best = (score, {m: (c, counts[m]) for m, c in chosen.items()})
-    if best is None:
-        for m in models:
-            unplaced[m] = "no combination of configs fits the memory budget"
-        return PlanResult({}, 0.0, {}, unplaced, "timeshare")
-    return _result(best[1], d, caps, slowdown, unplaced)
+    return best
 
 
 def shared_lam(
@@ -160,5 +188,5 @@ def _result(best: dict[str, tuple[Candidate, int]], d: Mapping[str, float], caps
         cfg = c.config
         why = (f"{n}x {cfg.backend}/{cfg.processor}/{cfg.variant} t{c.threads}: {1000 * _cost(c, m, slowdown):.1f} "
                f"core-ms per request (the best of its configs for the {len(chosen)}-model mix)")
-        placement[m] = ModelPlacement(m, [InstanceGroup(cfg, n)], capacity[m], why, {"share": share})
+        placement[m] = ModelPlacement(m, [InstanceGroup(cfg, n, c.memory_bytes)], capacity[m], why, {"share": share})
     return PlanResult(placement, lam, capacity, unplaced, "timeshare")

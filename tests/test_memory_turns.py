@@ -1,0 +1,135 @@
+"""The memory budget under load: instances accounted at their profiled bytes, models with traffic
+that cannot all be resident taking turns (no starvation, no lost request), and a request that
+cannot wait for its turn refused fast with the reason."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from models import slow_model, write_config
+
+from edgeplex.backends import ExecutionConfig
+from edgeplex.engine import Engine, InferRequest
+from edgeplex.engine.manager import RESIDENCY_LOADS
+from edgeplex.engine.placement import InstanceGroup, ModelPlacement
+from edgeplex.errors import EdgeplexError, MemoryFull
+
+X = {"x": np.ones((1, 256), np.float32)}
+
+
+def _repo(root: Path, names: tuple[str, ...] = ("a", "b")) -> Path:
+    for name in names:
+        slow_model(root / name / "1" / "model.onnx", size=256, layers=16)  # 4.2 MB of weights
+        write_config(root / name, max_batch_size=8)
+    return root
+
+
+def test_an_instance_is_accounted_at_the_bytes_its_placement_carries(tmp_path: Path) -> None:
+    engine = Engine(_repo(tmp_path, ("a",)), cores=2)
+    try:
+        assert engine.load_all() == {}
+        measured = engine.manager.state("a").memory_bytes
+        assert measured >= (tmp_path / "a" / "1" / "model.onnx").stat().st_size  # the file is a floor
+        config = ExecutionConfig("onnxruntime", "cpu", "fp32", 1, 8)
+        engine.apply(ModelPlacement("a", [InstanceGroup(config, 2, memory_bytes=7_000_000)]))
+        assert engine.manager.state("a").memory_bytes == 14_000_000 == engine.manager.memory_used()
+        # The same configs with another figure: nothing reloads, the accounting follows the plan.
+        runner = engine.manager.runner("a")
+        before = runner.instances
+        engine.apply(ModelPlacement("a", [InstanceGroup(config, 2, memory_bytes=5_000_000)]))
+        assert runner.instances == before and engine.manager.memory_used() == 10_000_000
+    finally:
+        engine.close()
+
+
+def test_models_with_traffic_that_cannot_all_be_resident_take_turns(tmp_path: Path) -> None:
+    engine = Engine(_repo(tmp_path), cores=2)
+    manager = engine.manager
+    try:
+        assert engine.load_all() == {}
+        one = max(manager.state(m).memory_bytes for m in ("a", "b"))
+        manager.memory_budget = int(1.5 * one)  # one model at a time
+        manager.unload("b", "made room", evicted=True)
+        served = {"a": 0, "b": 0}
+        errors: list[str] = []
+        over_budget: list[int] = []
+        stop = time.monotonic() + 4.0
+
+        def client(model: str) -> None:
+            while time.monotonic() < stop:
+                try:
+                    out = engine.infer(InferRequest(model, X))
+                    assert out.outputs["y"].shape == (1, 256)
+                    served[model] += 1
+                except EdgeplexError as exc:
+                    errors.append(f"{model}: {exc.message}")
+
+        def watch() -> None:
+            while time.monotonic() < stop:
+                used = manager.memory_used()
+                if used > manager.memory_budget:  # type: ignore[operator]
+                    over_budget.append(used)
+                time.sleep(0.005)
+
+        threads = [threading.Thread(target=client, args=(m,)) for m in ("a", "a", "b", "b")]
+        threads.append(threading.Thread(target=watch))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert errors == []  # every request answered: it waited for its model's turn
+        assert served["a"] > 0 and served["b"] > 0, served  # neither starves
+        reloads = {m: manager.state(m).stats["1"].reloads for m in ("a", "b")}
+        assert reloads["b"] >= 1 and sum(reloads.values()) >= 2, reloads  # they took turns
+        # ... at the pace of their load times, not at every request.
+        assert sum(reloads.values()) < sum(served.values()) / 4, (reloads, served)
+        assert over_budget == []
+    finally:
+        engine.close()
+
+
+def test_a_request_that_cannot_wait_for_its_turn_is_refused_fast_with_the_reason(tmp_path: Path) -> None:
+    engine = Engine(_repo(tmp_path), cores=2)
+    manager = engine.manager
+    try:
+        assert engine.load_all() == {}
+        manager.memory_budget = int(1.5 * max(manager.state(m).memory_bytes for m in ("a", "b")))
+        manager.unload("b", "made room", evicted=True)
+        a = manager.state("a")
+        a.loaded_at, a.load_seconds = time.monotonic(), 1.0  # as if a's load took 1 s: 10 s of residency
+        started = time.monotonic()
+        with pytest.raises(MemoryFull) as info:
+            engine.infer(InferRequest("b", X, timeout_us=50_000))
+        assert time.monotonic() - started < 0.5
+        assert info.value.http_status == 503 and "loaded too recently" in info.value.message and "(a)" in info.value.message
+        assert info.value.retry_in_s == pytest.approx(RESIDENCY_LOADS, abs=0.5)
+        assert manager.state("b").evicted and manager.state("b").reload_failures == 0  # its turn is still to come
+        assert manager.state("a").state == "READY"
+    finally:
+        engine.close()
+
+
+def test_an_evicted_models_metrics_stay_with_their_counts(tmp_path: Path) -> None:
+    from prometheus_client import generate_latest
+
+    from edgeplex.server.metrics import metrics_registry
+
+    engine = Engine(_repo(tmp_path), cores=2)
+    try:
+        assert engine.load_all() == {}
+        for _ in range(3):
+            engine.infer(InferRequest("b", X))
+        engine.manager.unload("b", "made room", evicted=True)
+        text = generate_latest(metrics_registry(engine)).decode()
+        assert 'edgeplex_inference_request_success_total{model="b",version="1"} 3.0' in text
+        assert 'edgeplex_model_memory_bytes{model="b",version="1"} 0.0' in text
+        engine.infer(InferRequest("b", X))  # loaded again on request: the counters go on
+        text = generate_latest(metrics_registry(engine)).decode()
+        assert 'edgeplex_inference_request_success_total{model="b",version="1"} 4.0' in text
+        assert 'edgeplex_model_reload_total{model="b",version="1"} 1.0' in text
+    finally:
+        engine.close()
