@@ -186,7 +186,10 @@ class ModelManager:
             with self._lock:
                 if not serving:
                     state.state, state.reason = UNAVAILABLE, exc.message
-            log.error("model %s failed to load: %s", name, exc.message)
+            if isinstance(exc, MemoryFull):  # a turn to wait for, not a failure
+                log.info("model %s waits for room: %s", name, exc.message)
+            else:
+                log.error("model %s failed to load: %s", name, exc.message)
             raise
         return state
 
