@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -131,5 +132,76 @@ def test_an_evicted_models_metrics_stay_with_their_counts(tmp_path: Path) -> Non
         text = generate_latest(metrics_registry(engine)).decode()
         assert 'edgeplex_inference_request_success_total{model="b",version="1"} 4.0' in text
         assert 'edgeplex_model_reload_total{model="b",version="1"} 1.0' in text
+    finally:
+        engine.close()
+
+
+@pytest.mark.integration
+def test_over_the_wire_both_models_are_served_while_taking_turns(tmp_path: Path) -> None:
+    """A real server whose budget holds one of two models, stock gRPC and HTTP clients on both:
+    every request is answered (the async transports wait for a turn without holding a thread)."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    from edgeplex.bench.process import running_server
+
+    root = _repo(tmp_path / "repo")
+    probe = Engine(root, cores=2)
+    try:
+        assert probe.load_all() == {}
+        one = max(probe.manager.state(m).memory_bytes for m in ("a", "b"))
+    finally:
+        probe.close()
+    budget = int(1.6 * one)
+    served: dict[str, int] = {"a": 0, "b": 0}
+    errors: list[str] = []
+    with running_server(root, "--memory-budget", str(budget), "--policy", "config", cores=2) as server:
+        stop = time.monotonic() + 4.0
+
+        def client(model: str, protocol: str) -> None:
+            module = grpcclient if protocol == "grpc" else httpclient
+            url = server.grpc_url if protocol == "grpc" else server.http_url
+            connection = module.InferenceServerClient(url)
+            tensor = module.InferInput("x", [1, 256], "FP32")
+            tensor.set_data_from_numpy(X["x"])
+            while time.monotonic() < stop:
+                try:
+                    result = connection.infer(model, [tensor])
+                    assert result.as_numpy("y").shape == (1, 256)
+                    served[model] += 1
+                except Exception as exc:  # noqa: BLE001 - every failure is the finding
+                    errors.append(f"{model}/{protocol}: {exc}")
+
+        threads = [threading.Thread(target=client, args=(m, p)) for m in ("a", "b") for p in ("grpc", "grpc", "http")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        with urllib.request.urlopen(f"http://{server.http_url}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    assert errors == []
+    assert served["a"] > 0 and served["b"] > 0, served
+    reloads = [float(line.split()[-1]) for line in text.splitlines() if line.startswith("edgeplex_model_reload_total")]
+    assert sum(reloads) >= 1, text  # they took turns
+
+
+def test_a_swap_evicts_a_model_taking_turns_before_a_placed_one(tmp_path: Path) -> None:
+    from edgeplex.engine.placement import TURN
+
+    engine = Engine(_repo(tmp_path, ("a", "b", "c")), cores=2)
+    manager = engine.manager
+    try:
+        assert engine.load_all(["c"]) == {}
+        c = manager.state("c").memory_bytes  # what c measures (the next load of c measures no less)
+        engine.unload("c")
+        assert engine.load_all(["a", "b"]) == {}
+        config = ExecutionConfig("onnxruntime", "cpu", "fp32", 1, 8)
+        engine.apply(ModelPlacement("a", [InstanceGroup(config, 1, 10_000_000)]))
+        engine.apply(ModelPlacement("b", [InstanceGroup(config, 1, 10_000_000)], reason="left out", extra={TURN: 1.0}))
+        engine.infer(InferRequest("b", X))  # a is the least recently used
+        manager.memory_budget = 20_000_000 + c - 5_000_000  # one eviction makes room for c
+        engine.load("c")
+        states = {s.name: s for s in engine.models()}
+        assert states["b"].evicted and states["a"].state == "READY" and states["c"].state == "READY"
     finally:
         engine.close()

@@ -140,3 +140,24 @@ def test_when_not_all_fit_the_most_models_are_placed_and_the_rest_take_turns() -
     # Not even one fits: nothing is placed, each says why.
     none = plan_shared({"det": 1}, mix, cores=2, memory_budget=10)
     assert none.placement == {} and none.turns == {} and "fits the memory budget" in none.unplaced["det"]
+
+
+def test_the_placed_models_leave_the_turn_takers_room_within_the_hard_budget() -> None:
+    mix = {"det": [cand("onnxruntime", 1, 40, memory=30)], "cls": [cand("onnxruntime", 1, 120, memory=50)],
+           "ocr": [cand("onnxruntime", 1, 50, memory=25)]}
+    demand = {"det": 5, "cls": 1, "ocr": 3}
+
+    def used(result: object) -> int:
+        return sum(g.memory_bytes * g.count for p in result.placement.values() for g in p.groups)  # type: ignore[attr-defined]
+
+    # Planned within 100 (all three take 105): det and ocr, two instances where memory allows.
+    loose = plan_shared(demand, mix, cores=2, memory_budget=100)
+    assert set(loose.placement) == {"det", "ocr"} and used(loose) > 60
+    # The manager enforces 110: the placed ones keep 50 free so that cls can come in by turns
+    # without evicting them.
+    roomy = plan_shared(demand, mix, cores=2, memory_budget=100, hard_budget=110)
+    assert set(roomy.placement) == {"det", "ocr"} and used(roomy) + 50 <= 110
+    assert "in the room they leave" in roomy.unplaced["cls"] and roomy.turns["cls"].extra["turn"] == 1.0
+    # Where no placement can leave that room, the rest take turns with the placed models.
+    tight = plan_shared(demand, mix, cores=2, memory_budget=100, hard_budget=70)
+    assert set(tight.placement) == {"det", "ocr"} and "taking turns with them" in tight.unplaced["cls"]

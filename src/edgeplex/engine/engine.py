@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from ..config import ModelConfig, default_cores
-from ..errors import EdgeplexError, ModelEvicted, ServerShuttingDown
+from ..errors import EdgeplexError, MemoryFull, ModelEvicted, ServerShuttingDown
 from ..repository import Repository
 from .executor import TokenPool
 from .manager import RELOAD_WAIT_S, ModelManager, ModelState
@@ -147,7 +148,9 @@ class Engine:
         return self.submit(request).result()
 
     async def infer_async(self, request: InferRequest) -> InferResponse:
-        """Run a request without blocking the event loop (a reload happens in a worker thread)."""
+        """Run a request without blocking the event loop: a reload happens in a worker thread,
+        and waiting for the model's turn in memory holds no thread at all."""
+        give_up = time.monotonic() + _reload_wait_s(request)
         for attempt in range(RELOAD_TRIES):
             try:
                 future = self.submit_nowait(request)
@@ -155,7 +158,14 @@ class Engine:
             except ModelEvicted:
                 if attempt == RELOAD_TRIES - 1:
                     raise
-                await asyncio.to_thread(self.manager.ensure_loaded, request.model_name, True, _reload_wait_s(request))
+            while True:
+                try:
+                    await asyncio.to_thread(self.manager.ensure_loaded, request.model_name, True, 0.0)
+                    break
+                except MemoryFull as exc:
+                    if time.monotonic() + exc.retry_in_s > give_up:
+                        raise
+                    await asyncio.sleep(max(exc.retry_in_s, 0.001))
         return await asyncio.wrap_future(future)
 
     def submit_nowait(self, request: InferRequest) -> Future[InferResponse]:

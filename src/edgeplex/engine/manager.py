@@ -32,7 +32,7 @@ from ..config import ModelConfig
 from ..errors import BackendError, EdgeplexError, MemoryFull, ModelEvicted, ModelNotFound, ModelNotReady
 from ..repository import ModelSource, Repository
 from .executor import TokenPool
-from .placement import InstanceGroup, ModelPlacement
+from .placement import TURN, InstanceGroup, ModelPlacement
 from .runner import Instance, ModelRunner, warmup_inputs
 from .scheduler import Discipline
 from .stats import ModelStats
@@ -239,6 +239,7 @@ class ModelManager:
             state = self.state(placement.model)
             if state.placement is not None and state.placement.same_configs(placement) and state.state == READY:
                 state.placement.capacity, state.placement.reason = placement.capacity, placement.reason
+                state.placement.extra = dict(placement.extra)  # e.g. whether it takes turns now
                 self._account(state, placement)
                 return
             previous, state.placement = state.placement, placement
@@ -377,7 +378,8 @@ class ModelManager:
                     f"({', '.join(sorted(s.name for s in candidates))}); the next can be in {turn:.1f} s",
                     retry_in_s=max(turn, 0.0),
                 )
-            victim = min(ripe, key=lambda s: s.last_used)
+            # Those taking turns go first: the planned models are the ones worth keeping resident.
+            victim = min(ripe, key=lambda s: (not (s.placement and s.placement.extra.get(TURN)), s.last_used))
             self.unload(victim.name, EVICTED_REASON, evicted=True)
 
     def _open(

@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 
 from ..backends.base import ExecutionConfig
 
+# In a placement's `extra`: the model takes turns in memory with others the budget cannot hold
+# at once (the planner left it out); a swap evicts such a model before a placed one.
+TURN = "turn"
+
 
 @dataclass(frozen=True)
 class InstanceGroup:

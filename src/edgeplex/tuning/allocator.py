@@ -127,7 +127,8 @@ class Allocator:
         if budget is not None:  # plan within part of it: a warm swap holds old and new at once
             budget = int(budget * (1 - SWAP_HEADROOM))
         # The token pool time-shares cores between models: plan under that model of the box.
-        result = plan_shared(demand, candidates, cores, budget, self.slowdown, current)
+        result = plan_shared(demand, candidates, cores, budget, self.slowdown, current,
+                             hard_budget=self.engine.manager.memory_budget)
         self.last_result = result
         # A planned model evicted for memory serves nothing: any plan that fits it back in is a
         # gain. (Those taking turns in memory are evicted by design, and come back on request.)

@@ -20,7 +20,7 @@ import itertools
 import math
 from collections.abc import Iterator, Mapping
 
-from ..engine.placement import InstanceGroup, ModelPlacement, Placement
+from ..engine.placement import TURN, InstanceGroup, ModelPlacement, Placement
 from .policies import Candidate, PlanResult, shares, slowdown_of
 
 SEARCH_LIMIT = 50_000  # config combinations tried exhaustively; beyond, per-model best choice
@@ -34,36 +34,52 @@ def plan_shared(
     slowdown: Mapping[str, float] | None = None,
     current: Placement | None = None,
     capacities: Mapping[str, int] | None = None,
+    hard_budget: int | None = None,
 ) -> PlanResult:
     """One config per model and its instance count, maximising λ (ties: keep the current
     config, then use less memory). When the memory budget cannot hold every model even in its
     smallest config, the most models that fit are placed (the most demand among equals, then
-    the best λ); the others are reported in `unplaced`, as are models with no candidate."""
+    the best λ), leaving room within `hard_budget` (the budget the manager enforces; planning
+    keeps a margin below it for warm swaps) for the largest of the others, which take turns
+    in that room; only if no placement leaves it do they take turns with the placed models.
+    The others are reported in `unplaced`, as are models with no candidate."""
     models = sorted(m for m in set(demand) | set(candidates) if candidates.get(m))
     unplaced = {m: "no candidate config (not profiled, or none meets its slo_ms / fidelity bound)"
                 for m in set(demand) | set(candidates) if not candidates.get(m)}
     caps = {**(capacities or {}), "cpu": cores}
     choices = {m: _useful(candidates[m], m, slowdown, current) for m in models}
     raw = shares(demand, models)
+    smallest = {m: min(c.memory_bytes for c in candidates[m]) for m in models}
+    best: tuple[tuple[bool, float, float, int, int], dict[str, tuple[Candidate, int]]] | None = None
     for size in range(len(models), 0, -1):
-        best: tuple[tuple[float, float, int, int], dict[str, tuple[Candidate, int]]] | None = None
         for subset in itertools.combinations(models, size):
-            found = _search(subset, choices, caps, memory_budget, shares(demand, subset), slowdown, current)
+            d = shares(demand, subset)
+            rest = [smallest[m] for m in models if m not in subset]
+            found, room = None, False
+            if rest and memory_budget is not None and hard_budget is not None:  # leave the rest a turn room
+                budget = min(memory_budget, hard_budget - max(rest))
+                found = _search(subset, choices, caps, budget, d, slowdown, current) if budget > 0 else None
+                room = found is not None
+            if found is None:
+                found = _search(subset, choices, caps, memory_budget, d, slowdown, current)
             if found is not None:
-                score = (sum(raw[m] for m in subset), *found[0])
+                score = (room, sum(raw[m] for m in subset), *found[0])
                 if best is None or score > best[0]:
                     best = (score, found[1])
-        if best is not None:
-            result = _result(best[1], shares(demand, best[1]), caps, slowdown, unplaced)
-            for m in sorted(set(models) - set(best[1])):
-                unplaced[m] = ("the memory budget cannot hold it with the others, even in their smallest configs: "
-                               "it is loaded on request, taking turns with them")
-                small = min(candidates[m], key=lambda c: (c.memory_bytes, _cost(c, m, slowdown)))
-                result.turns[m] = ModelPlacement(
-                    m, [InstanceGroup(small.config, 1, small.memory_bytes)], 0.0,
-                    f"takes turns in memory: 1x {small.config.backend}/{small.config.variant}, its smallest config "
-                    f"({small.memory_bytes / 1e6:.1f} MB)", {"share": raw[m]})
-            return result
+        if best is not None:  # the most models that fit (leaving the rest room, where some can)
+            break
+    if best is not None:
+        result = _result(best[1], shares(demand, best[1]), caps, slowdown, unplaced)
+        for m in sorted(set(models) - set(best[1])):
+            unplaced[m] = ("the memory budget cannot hold it with the others, even in their smallest configs: "
+                           "it is loaded on request, taking turns " + ("in the room they leave" if best[0][0] else
+                                                                       "with them"))
+            small = min(candidates[m], key=lambda c: (c.memory_bytes, _cost(c, m, slowdown)))
+            result.turns[m] = ModelPlacement(
+                m, [InstanceGroup(small.config, 1, small.memory_bytes)], 0.0,
+                f"takes turns in memory: 1x {small.config.backend}/{small.config.variant}, its smallest config "
+                f"({small.memory_bytes / 1e6:.1f} MB)", {"share": raw[m], TURN: 1.0})
+        return result
     for m in models:
         unplaced[m] = "no config of it fits the memory budget"
     return PlanResult({}, 0.0, {}, unplaced, "timeshare")
