@@ -4,6 +4,7 @@ cannot wait for its turn refused fast with the reason."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.request
@@ -146,13 +147,11 @@ def test_over_the_wire_both_models_are_served_while_taking_turns(tmp_path: Path)
     from edgeplex.bench.process import running_server
 
     root = _repo(tmp_path / "repo")
-    probe = Engine(root, cores=2)
-    try:
-        assert probe.load_all() == {}
-        one = max(probe.manager.state(m).memory_bytes for m in ("a", "b"))
-    finally:
-        probe.close()
-    budget = int(1.6 * one)
+    with running_server(root, "--policy", "config", cores=2) as probe:  # what a fresh server measures
+        with urllib.request.urlopen(f"http://{probe.http_url}/v2/edgeplex/placement", timeout=10) as response:
+            report = json.load(response)
+    one = max(entry["memory_bytes"] for entry in report["models"])
+    budget = int(1.5 * one)  # one fits, two do not
     served: dict[str, int] = {"a": 0, "b": 0}
     errors: list[str] = []
     with running_server(root, "--memory-budget", str(budget), "--policy", "config", cores=2) as server:
@@ -203,5 +202,26 @@ def test_a_swap_evicts_a_model_taking_turns_before_a_placed_one(tmp_path: Path) 
         engine.load("c")
         states = {s.name: s for s in engine.models()}
         assert states["b"].evicted and states["a"].state == "READY" and states["c"].state == "READY"
+    finally:
+        engine.close()
+
+
+def test_a_model_taking_turns_changes_config_at_its_next_load(tmp_path: Path) -> None:
+    from edgeplex.engine.manager import EVICTED_REASON
+    from edgeplex.engine.placement import TURN
+
+    engine = Engine(_repo(tmp_path, ("a",)), cores=2)
+    manager = engine.manager
+    try:
+        assert engine.load_all() == {}
+        before = manager.runner("a").instances
+        smaller = ExecutionConfig("onnxruntime", "cpu", "fp32", 2, 8)  # stands for its smallest variant
+        engine.apply(ModelPlacement("a", [InstanceGroup(smaller, 1, 3_000_000)], extra={TURN: 1.0}))
+        assert manager.runner("a").instances == before  # no warm swap: no second copy in memory
+        assert manager.state("a").placement.extra[TURN] == 1.0  # type: ignore[union-attr]
+        manager.unload("a", EVICTED_REASON, evicted=True)
+        engine.infer(InferRequest("a", X))  # its turn: it comes back under the new placement
+        assert [i.config for i in manager.runner("a").instances] == [smaller]
+        assert manager.memory_used() == 3_000_000
     finally:
         engine.close()

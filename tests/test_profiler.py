@@ -18,7 +18,6 @@ from edgeplex.backends.onnxruntime import OnnxRuntimeBackend
 from edgeplex.config import ModelConfig, TensorSpec
 from edgeplex.errors import BackendError
 from edgeplex.repository import Repository
-from edgeplex.tuning import profiler
 from edgeplex.tuning.cli import add_profile_parser
 from edgeplex.tuning.profiler import (
     Step,
@@ -79,7 +78,7 @@ class CountingBackend:
 def fake(monkeypatch: pytest.MonkeyPatch) -> CountingBackend:
     backend = CountingBackend()
     monkeypatch.setitem(backends._BACKENDS, backend.name, backend)
-    monkeypatch.setattr(profiler, "_primed", set())
+    monkeypatch.setattr(backends.base, "_primed", set())
     return backend
 
 

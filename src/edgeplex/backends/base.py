@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,3 +105,26 @@ def release_freed_memory(collect: bool = True) -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: the session's own figure is the floor anyway
         pass
+
+
+_primed: set[tuple[str, str]] = set()
+_priming = threading.Lock()
+
+
+def prime(backend: Backend, model_file: Path, config: ExecutionConfig,
+          inputs: Mapping[str, np.ndarray] | None) -> None:
+    """Open (and run once, if `inputs`) unmeasured, the first time a (backend, processor) is used
+    in this process, so its one-off initialisation (runtime environment, plugins, device
+    context, thread pools) is not charged to the first model measured."""
+    with _priming:
+        if (backend.name, config.processor) in _primed:
+            return
+        session = backend.open(model_file, config)
+        _primed.add((backend.name, config.processor))
+        try:
+            if inputs is not None:
+                session.run(inputs)
+        except Exception:  # noqa: BLE001 - a warm-up the model refuses still initialised the runtime
+            pass
+        finally:
+            session.close()

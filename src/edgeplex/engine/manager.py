@@ -26,8 +26,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..backends import Backend, ExecutionConfig, get_backend
-from ..backends.base import measure_held
+from ..backends.base import measure_held, prime
 from ..config import ModelConfig
 from ..errors import BackendError, EdgeplexError, MemoryFull, ModelEvicted, ModelNotFound, ModelNotReady
 from ..repository import ModelSource, Repository
@@ -67,6 +69,7 @@ class ModelState:
     config: ModelConfig | None = None
     runners: dict[str, ModelRunner] = field(default_factory=dict)
     placement: ModelPlacement | None = None
+    next_placement: ModelPlacement | None = None  # one that takes effect at its next load
     evicted: bool = False
     last_used: float = 0.0
     memory_bytes: int = 0  # accounted for its instances now
@@ -180,6 +183,8 @@ class ModelManager:
             with self._load_lock:
                 config = self.repository.load_config(source)
                 if state.placement is None or not serving:
+                    if state.next_placement is not None:
+                        state.placement, state.next_placement = state.next_placement, None
                     state.placement = state.placement or default_placement(config)
                 self._install(state, source, config, state.placement, reuse=False, protect_recent=protect_recent)
         except EdgeplexError as exc:
@@ -234,9 +239,17 @@ class ModelManager:
             time.sleep(max(pause, 0.001))  # outside the lock: the swap that frees room needs it
 
     def apply(self, placement: ModelPlacement) -> None:
-        """Run a model under `placement`: new sessions warm up, then the old ones retire."""
+        """Run a model under `placement`: new sessions warm up, then the old ones retire. A
+        placement for a model taking turns in memory (TURN) takes effect at its next load: a
+        warm swap would hold its old and new instances at once in the room the others left."""
         with self._load_lock:
             state = self.state(placement.model)
+            state.next_placement = None
+            if placement.extra.get(TURN) and state.state == READY and state.placement is not None:
+                state.placement.extra[TURN] = 1.0  # evicted first from now on
+                if not state.placement.same_configs(placement):
+                    state.next_placement = placement
+                return
             if state.placement is not None and state.placement.same_configs(placement) and state.state == READY:
                 state.placement.capacity, state.placement.reason = placement.capacity, placement.reason
                 state.placement.extra = dict(placement.extra)  # e.g. whether it takes turns now
@@ -408,6 +421,11 @@ class ModelManager:
     def _open_instance(self, backend: Backend, path: Path, group: InstanceGroup, config: ModelConfig,
                        measured: dict[tuple[str, str, int], int]) -> Instance:
         """Open one session and run it once, measuring the resident memory both took."""
+        try:
+            inputs: dict[str, np.ndarray] | None = warmup_inputs(config)
+        except EdgeplexError:
+            inputs = None
+        prime(backend, path, group.config, inputs)
         session, opened = measure_held(lambda: backend.open(path, group.config))
         try:
             _, warmed = measure_held(lambda: session.run(warmup_inputs(config)))

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..backends import Backend, ExecutionConfig, Session, available_backends, get_backend
-from ..backends.base import measure_rss, release_freed_memory
+from ..backends.base import measure_rss, prime, release_freed_memory
 from ..config import ModelConfig
 from ..engine.runner import warmup_inputs
 from ..errors import EdgeplexError
@@ -102,26 +102,10 @@ def inputs_for(name: str, config: ModelConfig, model_hash: str) -> Callable[[int
     return lambda batch: batched_warmup_inputs(config, batch)
 
 
-_primed: set[tuple[str, str]] = set()
-
-
-def _prime(backend: Backend, model_file: Path, config: ExecutionConfig, inputs: Inputs) -> None:
-    """Open and run once, untimed, the first time a (backend, processor) is used in this process, so its
-    one-off initialisation (runtime environment, plugins, device context) is not charged to one config."""
-    if (backend.name, config.processor) in _primed:
-        return
-    session = backend.open(model_file, config)
-    try:
-        session.run(inputs)
-    finally:
-        session.close()
-    _primed.add((backend.name, config.processor))
-
-
 def measure(backend: Backend, model_file: Path, config: ExecutionConfig, inputs: Inputs,
             iterations: int, warmup: int, max_seconds: float) -> Measurement:
     """Open, run once (memory), warm up, then time up to `iterations` calls within `max_seconds`."""
-    _prime(backend, model_file, config, inputs)
+    prime(backend, model_file, config, inputs)
     release_freed_memory()
 
     def open_and_run() -> tuple[Session, float]:
