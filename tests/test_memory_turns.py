@@ -225,3 +225,28 @@ def test_a_model_taking_turns_changes_config_at_its_next_load(tmp_path: Path) ->
         assert manager.memory_used() == 3_000_000
     finally:
         engine.close()
+
+
+def test_a_swap_waits_for_a_turn_to_end_rather_than_evict_a_placed_model(tmp_path: Path) -> None:
+    from edgeplex.engine.manager import EVICTED_REASON
+    from edgeplex.engine.placement import TURN
+
+    engine = Engine(_repo(tmp_path, ("a", "b", "c")), cores=2)
+    manager = engine.manager
+    try:
+        assert engine.load_all() == {}
+        config = ExecutionConfig("onnxruntime", "cpu", "fp32", 1, 8)
+        engine.apply(ModelPlacement("a", [InstanceGroup(config, 1, 10_000_000)]))  # placed
+        for name in ("b", "c"):  # taking turns in the room a leaves
+            engine.apply(ModelPlacement(name, [InstanceGroup(config, 1, 10_000_000)], extra={TURN: 1.0}))
+        manager.unload("c", EVICTED_REASON, evicted=True)
+        manager.memory_budget = 20_000_000
+        b = manager.state("b")
+        b.loaded_at, b.load_seconds = time.monotonic(), 0.05  # its turn ends in 0.5 s
+        started = time.monotonic()
+        engine.infer(InferRequest("c", X))  # waits for b's turn to end; a stays
+        assert 0.3 < time.monotonic() - started < 5
+        states = {s.name: s for s in engine.models()}
+        assert states["a"].state == "READY" and states["b"].evicted and states["c"].state == "READY"
+    finally:
+        engine.close()

@@ -102,11 +102,17 @@ def _file_size(root: Path, name: str) -> int:
 def test_memory_budget_evicts_least_recently_used_and_reloads_on_request(tmp_path: Path) -> None:
     root = _budget_repo(tmp_path)
     engine = Engine(root, cores=2)
-    assert engine.load_all(["a", "b"]) == {}
     manager = engine.manager
-    assert manager.memory_used() > 2 * _file_size(root, "a")  # weights, and what the runtime adds
-    # Room for c's file but not for c loaded (it measures more than its file): three cannot stay.
-    manager.memory_budget = manager.memory_used() + _file_size(root, "c")
+    assert engine.load_all(["c"]) == {}
+    c = manager.state("c").memory_bytes  # measured: weights, and what the runtime adds
+    assert c > _file_size(root, "c")
+    engine.unload("c")
+    assert engine.load_all(["a", "b"]) == {}
+    for name in ("a", "b"):  # accounted at the (made-up) bytes their placement carries
+        engine.apply(ModelPlacement(name, [InstanceGroup(ExecutionConfig("onnxruntime", "cpu", "fp32", 1, 8), 1,
+                                                         10_000_000)]))
+    assert manager.memory_used() == 20_000_000
+    manager.memory_budget = 20_000_000 + c - 5_000_000  # three cannot stay; one eviction makes room
     x = np.ones((1, 512), np.float32)
     engine.infer(InferRequest("a", {"x": x}))  # a is now more recent than b
     engine.load("c")  # no room for three: b (least recently used) goes

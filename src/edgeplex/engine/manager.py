@@ -245,14 +245,15 @@ class ModelManager:
         with self._load_lock:
             state = self.state(placement.model)
             state.next_placement = None
-            if placement.extra.get(TURN) and state.state == READY and state.placement is not None:
+            if (placement.extra.get(TURN) and state.state == READY and state.placement is not None
+                    and not state.placement.same_configs(placement)):
                 state.placement.extra[TURN] = 1.0  # evicted first from now on
-                if not state.placement.same_configs(placement):
-                    state.next_placement = placement
+                state.next_placement = placement
                 return
             if state.placement is not None and state.placement.same_configs(placement) and state.state == READY:
                 state.placement.capacity, state.placement.reason = placement.capacity, placement.reason
                 state.placement.extra = dict(placement.extra)  # e.g. whether it takes turns now
+                state.placement.groups = list(placement.groups)  # the same configs, with their profiled bytes
                 self._account(state, placement)
                 return
             previous, state.placement = state.placement, placement
@@ -382,17 +383,22 @@ class ModelManager:
                     f"{self.memory_budget / 1e6:.1f} MB and {held / 1e6:.1f} MB are held by models that are pinned "
                     "or being replaced"
                 )
-            ripe = [s for s in candidates if not protect_recent or s.swappable_at <= now]
+            # Those taking turns go first: the planned models are the ones worth keeping resident,
+            # so while the turn-takers' room would do, a swap waits for their turns to end.
+            turns = [s for s in candidates if s.placement and s.placement.extra.get(TURN)]
+            room = self.memory_budget - self.memory_used() + sum(s.memory_bytes for s in turns)
+            pool = turns if turns and room >= need else candidates
+            ripe = [s for s in pool if not protect_recent or s.swappable_at <= now]
             if not ripe:
-                turn = min(s.swappable_at for s in candidates) - now
+                turn = min(s.swappable_at for s in pool) - now
                 raise MemoryFull(
                     f"model '{loading.name}' needs about {need / 1e6:.1f} MB of the {self.memory_budget / 1e6:.1f} MB "
                     f"memory budget, held by models loaded too recently to be swapped out "
-                    f"({', '.join(sorted(s.name for s in candidates))}); the next can be in {turn:.1f} s",
+                    f"({', '.join(sorted(s.name for s in pool))}); the next can be in {turn:.1f} s",
                     retry_in_s=max(turn, 0.0),
                 )
-            # Those taking turns go first: the planned models are the ones worth keeping resident.
-            victim = min(ripe, key=lambda s: (not (s.placement and s.placement.extra.get(TURN)), s.last_used))
+            taking_turns = {s.name for s in turns}
+            victim = min(ripe, key=lambda s: (s.name not in taking_turns, s.last_used))
             self.unload(victim.name, EVICTED_REASON, evicted=True)
 
     def _open(
