@@ -250,3 +250,25 @@ def test_a_swap_waits_for_a_turn_to_end_rather_than_evict_a_placed_model(tmp_pat
         assert states["a"].state == "READY" and states["b"].evicted and states["c"].state == "READY"
     finally:
         engine.close()
+
+
+def test_a_placement_with_no_room_for_a_warm_swap_is_installed_cold(tmp_path: Path) -> None:
+    engine = Engine(_repo(tmp_path, ("a",)), cores=2)
+    manager = engine.manager
+    try:
+        assert engine.load_all() == {}
+        one = ExecutionConfig("onnxruntime", "cpu", "fp32", 1, 8)
+        engine.apply(ModelPlacement("a", [InstanceGroup(one, 1, 10_000_000)]))
+        manager.memory_budget = 15_000_000  # the old 10 MB and the new 8 MB cannot be resident at once
+        two = ExecutionConfig("onnxruntime", "cpu", "fp32", 2, 8)
+        engine.apply(ModelPlacement("a", [InstanceGroup(two, 1, 8_000_000)]))
+        assert manager.state("a").evicted  # drained and released, not refused
+        y = engine.infer(InferRequest("a", X)).outputs["y"]  # back under the new placement
+        assert y.shape == (1, 256) and [i.config for i in manager.runner("a").instances] == [two]
+        assert manager.memory_used() == 8_000_000
+        # One that could not fit even alone is refused, and the model keeps what it runs.
+        with pytest.raises(EdgeplexError, match="memory budget is 15.0 MB"):
+            engine.apply(ModelPlacement("a", [InstanceGroup(one, 2, 10_000_000)]))
+        assert manager.state("a").state == "READY" and [i.config for i in manager.runner("a").instances] == [two]
+    finally:
+        engine.close()

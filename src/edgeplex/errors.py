@@ -65,6 +65,15 @@ class MemoryFull(ModelNotReady):
         self.retry_in_s = retry_in_s
 
 
+class OverMemoryBudget(ModelNotReady):
+    """No eviction can make room: the budget is held by pinned models (or the model's own
+    instances during a swap). `fits_alone`: it would fit once its own instances are released."""
+
+    def __init__(self, message: str, fits_alone: bool) -> None:
+        super().__init__(message)
+        self.fits_alone = fits_alone
+
+
 class PayloadTooLarge(EdgeplexError):
     """The request body is over the configured limit."""
 

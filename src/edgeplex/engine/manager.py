@@ -31,7 +31,15 @@ import numpy as np
 from ..backends import Backend, ExecutionConfig, get_backend
 from ..backends.base import measure_held, prime
 from ..config import ModelConfig
-from ..errors import BackendError, EdgeplexError, MemoryFull, ModelEvicted, ModelNotFound, ModelNotReady
+from ..errors import (
+    BackendError,
+    EdgeplexError,
+    MemoryFull,
+    ModelEvicted,
+    ModelNotFound,
+    ModelNotReady,
+    OverMemoryBudget,
+)
 from ..repository import ModelSource, Repository
 from .executor import TokenPool
 from .placement import TURN, InstanceGroup, ModelPlacement
@@ -261,6 +269,16 @@ class ModelManager:
                 try:
                     self._install(state, self.repository.source(placement.model), state.config, placement, reuse=True,
                                   protect_recent=False)
+                except OverMemoryBudget as exc:
+                    state.placement = previous
+                    if not exc.fits_alone:
+                        raise
+                    # No room for its old and new instances at once: swap cold. It finishes what
+                    # it has queued, and comes back under the new placement on its next request.
+                    state.next_placement = placement
+                    self.unload(placement.model, EVICTED_REASON, evicted=True)
+                    log.info("model %s: placement %s applies at its next load (no room for a warm swap)",
+                             placement.model, _describe(placement))
                 except BaseException:  # it keeps running what it ran: report that, and let a retry happen
                     state.placement = previous
                     raise
@@ -375,13 +393,14 @@ class ModelManager:
             with self._lock:
                 others = [s for s in self._states.values() if s is not loading and s.state == READY]
                 candidates = [s for s in others if not (s.config and s.config.pinned)]
-            held = sum(s.memory_bytes for s in others if s not in candidates) + (
-                loading.memory_bytes if loading.state == READY else 0)
-            if not candidates or held + need > self.memory_budget:
-                raise ModelNotReady(
+            pinned = sum(s.memory_bytes for s in others if s.config and s.config.pinned)
+            own = loading.memory_bytes if loading.state == READY else 0
+            if not candidates or pinned + own + need > self.memory_budget:
+                raise OverMemoryBudget(
                     f"model '{loading.name}' needs about {need / 1e6:.1f} MB; the memory budget is "
-                    f"{self.memory_budget / 1e6:.1f} MB and {held / 1e6:.1f} MB are held by models that are pinned "
-                    "or being replaced"
+                    f"{self.memory_budget / 1e6:.1f} MB and {(pinned + own) / 1e6:.1f} MB are held by models that "
+                    "are pinned or being replaced",
+                    fits_alone=pinned + need <= self.memory_budget,
                 )
             # Those taking turns go first: the planned models are the ones worth keeping resident,
             # so while the turn-takers' room would do, a swap waits for their turns to end.
