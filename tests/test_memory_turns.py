@@ -272,3 +272,26 @@ def test_a_placement_with_no_room_for_a_warm_swap_is_installed_cold(tmp_path: Pa
         assert manager.state("a").state == "READY" and [i.config for i in manager.runner("a").instances] == [two]
     finally:
         engine.close()
+
+
+def test_an_evicted_model_answers_metadata_config_readiness_and_statistics_without_loading(tmp_path: Path) -> None:
+    """Stock clients (perf_analyzer, tritonclient) ask for these before inferring."""
+    engine = Engine(_repo(tmp_path), cores=2)
+    manager = engine.manager
+    try:
+        assert engine.load_all() == {}
+        engine.infer(InferRequest("b", X))
+        manager.unload("b", "made room", evicted=True)
+        assert engine.is_ready("b") and engine.is_ready("b", "1") and not engine.is_ready("b", "2")
+        metadata = engine.metadata("b")
+        assert metadata["versions"] == ["1"] and metadata["inputs"][0]["name"] == "x"
+        assert engine.config("b", "1").name == "b"
+        (stats,) = engine.statistics("b")
+        assert stats["inference_stats"]["success"]["count"] == 1
+        assert manager.state("b").evicted  # none of that loaded it
+        manager.state("b").retry_at = time.monotonic() + 30  # as after a failed reload
+        assert not engine.is_ready("b")
+        engine.unload("a")  # unloaded, not evicted: not ready, and its statistics go
+        assert not engine.is_ready("a") and {s["name"] for s in engine.statistics()} == {"b"}
+    finally:
+        engine.close()

@@ -61,8 +61,9 @@ class Engine:
         return self.manager.states()
 
     def is_ready(self, name: str, version: str = "") -> bool:
+        """Ready to take requests: loaded, or evicted for memory and loaded again by its next one."""
         try:
-            self.manager.runner(name, version)
+            self.manager.servable(name, version)
         except EdgeplexError:
             return False
         return True
@@ -74,14 +75,12 @@ class Engine:
 
     def config(self, name: str, version: str = "") -> ModelConfig:
         if version:
-            return self.manager.runner(name, version).config
+            return self.manager.servable(name, version)[0]
         return self.manager.config(name)
 
     def metadata(self, name: str, version: str = "") -> dict[str, Any]:
         """KServe V2 model metadata (shapes include the batch dimension as -1)."""
-        runner = self.manager.runner(name, version)
-        config = runner.config
-        versions = sorted(self.manager.state(name).runners, key=int)
+        config, versions = self.manager.servable(name, version)
 
         def tensors(specs: Any) -> list[dict[str, Any]]:
             return [{"name": s.name, "datatype": s.datatype, "shape": config.full_dims(s)} for s in specs]
@@ -97,11 +96,11 @@ class Engine:
     def statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
         """Triton statistics entries: one model (and version) or every loaded one."""
         if name:
-            runner = self.manager.runner(name, version)
-            runners = [runner] if version else list(self.manager.state(name).runners.values())
-        else:
-            runners = [r for s in self.manager.states() for r in s.runners.values()]
-        return [runner.stats.as_triton() for runner in runners]
+            self.manager.servable(name, version)  # 404 / 503 with the reason
+            kept = self.manager.state(name).stats  # kept across evictions
+            return [kept[v].as_triton() for v in sorted(kept, key=int) if not version or v == version]
+        return [stats.as_triton() for s in self.manager.states() if s.state == "READY" or s.evicted
+                for _, stats in sorted(s.stats.items())]
 
     # -- inference -----------------------------------------------------------------------------
     def placement_report(self) -> list[dict[str, Any]]:

@@ -165,6 +165,22 @@ class ModelManager:
         state.last_used = time.monotonic()
         return runner
 
+    def servable(self, name: str, version: str = "") -> tuple[ModelConfig, list[str]]:
+        """The config and versions of a model that takes requests: a READY one, or one evicted
+        for memory that its next request loads again (metadata, config and readiness answer for
+        it without loading it, as stock clients ask for them before inferring)."""
+        try:
+            runner = self.runner(name, version)
+            return runner.config, sorted(self.state(name).runners, key=int)
+        except ModelEvicted:
+            state = self.state(name)
+            if state.config is None or state.retry_at > time.monotonic():  # not while reloads fail
+                raise
+        versions = [str(v) for v in sorted(self.repository.source(name).versions)]
+        if version and version not in versions:
+            raise ModelNotFound(f"model '{name}' has no version '{version}' (versions: {', '.join(versions)})")
+        return state.config, versions
+
     def config(self, name: str) -> ModelConfig:
         """The model's complete config, loaded or not (read from the repository if needed)."""
         with self._lock:

@@ -47,6 +47,8 @@ class EngineCollector(Collector):
         for state in self.engine.models():
             # Counters are kept across evictions: an evicted model's series stay (pending and
             # memory at 0) instead of vanishing from a scrape and restarting after its reload.
+            if state.state != "READY" and not state.evicted:  # unloaded: its series go, as in Triton
+                continue
             for version, model_stats in state.stats.items():
                 runner = state.runners.get(version)
                 stats = model_stats.as_triton()
