@@ -20,14 +20,17 @@ from ..repository import Repository
 from ..tuning.allocator import SWAP_HEADROOM
 from ..tuning.profiler import profile_model
 from ..tuning.store import ProfileStore, file_hash
+from ..tuning.variants import variant_files
 from ..zoo import example_inputs
 from . import clients
 from .loadgen import closed_loop
 from .process import ServerProcess, running_server
 from .report import table
 from .scenarios import MIX, _repository_with
+from .variants import make_variants
 
 POLICIES = ("static", "balance", "pareto")
+WITH_VARIANTS = "pareto+variants"
 
 
 def _placement(server: ServerProcess) -> dict[str, Any]:
@@ -54,10 +57,45 @@ def capacity_bound(store: ProfileStore, repo: Path, models: tuple[str, ...], cor
     return {"best_single_core_rate": {m: round(r, 2) for m, r in best.items()}, "per_model_rate": round(bound, 2)}
 
 
+def _measure(repo: Path, policy: str, store_path: Path, inputs: dict[str, Any], cores: int, clients_per_model: int,
+             settle_s: float, duration_s: float) -> dict[str, Any]:
+    """The mix through a real server under `policy`: settle (pareto sees the load), then measure."""
+    with running_server(repo, "--policy", policy, "--profile-store", str(store_path), cores=cores) as server:
+        # Let pareto see the load and settle; the baselines are fixed from the start.
+        closed_loop(clients.grpc(server.grpc_url), inputs, {m: clients_per_model for m in MIX}, duration_s=settle_s)
+        loads = closed_loop(clients.grpc(server.grpc_url), inputs, {m: clients_per_model for m in MIX},
+                            duration_s=duration_s)
+        return {
+            "per_model": {m: load.summary() for m, load in loads.items()},
+            "sustained": round(min(load.throughput for load in loads.values()), 2),
+            "total": round(sum(load.throughput for load in loads.values()), 2),
+            "errors": sum(len(load.errors) for load in loads.values()),
+            "placement": _placements_text(server),
+        }
+
+
+def _variant_repository(store: ProfileStore, cores: int, samples: int) -> Path:
+    """The mix's repository with every default variant made, and those within each model's
+    `max_fidelity_loss` (the only ones pareto may choose) profiled solo into `store`."""
+    repo = _repository_with(MIX, {})
+    make_variants(repo, MIX, samples)
+    repository = Repository(repo)
+    for model in MIX:
+        config = repository.load_config(repository.source(model))
+        files = {v: f for v, f in variant_files(repo / model / "1", config.default_model_filename).items()
+                 if f[1] <= config.max_fidelity_loss}
+        profile_model(model, repo / model / "1" / "model.onnx", config, store, cores, iterations=30, max_seconds=1.0,
+                      variants=files)
+    return repo
+
+
 def allocation(duration_s: float = 30.0, clients_per_model: int = 2, settle_s: float = 8.0, cores: int = 2,
-               shift: bool = True, store_path: Path | None = None) -> tuple[dict[str, Any], str]:
+               shift: bool = True, store_path: Path | None = None, variants: bool = False,
+               samples: int = 16) -> tuple[dict[str, Any], str]:
     """`store_path` None: a fresh profile store, measured in this run (solo, before any load),
-    so that pareto's inputs and the capacity bound come from the same machine state."""
+    so that pareto's inputs and the capacity bound come from the same machine state.
+    `variants`: also pareto on a copy of the repository with the models' variants made and
+    profiled ("pareto+variants"; the capacity bound stays the fp32 one)."""
     scratch = Path(tempfile.mkdtemp(prefix="edgeplex-alloc-"))
     store_path = store_path or scratch / "profiles.sqlite"
     store = ProfileStore(store_path)
@@ -73,25 +111,20 @@ def allocation(duration_s: float = 30.0, clients_per_model: int = 2, settle_s: f
         bound = capacity_bound(store, repo, MIX, cores)
         profiles = {m: [p.as_dict() for p in store.for_model(file_hash(repo / m / "1" / "model.onnx"))] for m in MIX}
         for policy in POLICIES:
-            with running_server(repo, "--policy", policy, "--profile-store", str(store_path), cores=cores) as server:
-                # Let pareto see the load and settle; the baselines are fixed from the start.
-                closed_loop(clients.grpc(server.grpc_url), inputs, {m: clients_per_model for m in MIX}, duration_s=settle_s)
-                loads = closed_loop(clients.grpc(server.grpc_url), inputs, {m: clients_per_model for m in MIX},
-                                    duration_s=duration_s)
-                per_model = {m: load.summary() for m, load in loads.items()}
-                runs[policy] = {
-                    "per_model": per_model,
-                    "sustained": round(min(load.throughput for load in loads.values()), 2),
-                    "total": round(sum(load.throughput for load in loads.values()), 2),
-                    "errors": sum(len(load.errors) for load in loads.values()),
-                    "placement": _placements_text(server),
-                }
+            runs[policy] = _measure(repo, policy, store_path, inputs, cores, clients_per_model, settle_s, duration_s)
+        if variants:
+            variant_repo = _variant_repository(store, cores, samples)
+            try:
+                runs[WITH_VARIANTS] = _measure(variant_repo, "pareto", store_path, inputs, cores, clients_per_model,
+                                               settle_s, duration_s)
+            finally:
+                shutil.rmtree(variant_repo, ignore_errors=True)
         shifted = load_shift(repo, store_path, inputs, cores) if shift else None
     finally:
         shutil.rmtree(repo, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
 
-    sustained = {p: runs[p]["sustained"] for p in POLICIES}
+    sustained = {p: runs[p]["sustained"] for p in runs}
     result: dict[str, Any] = {
         "duration_s": duration_s, "clients_per_model": clients_per_model, "cores": cores, "runs": runs, "bound": bound,
         "profiles": profiles,
@@ -100,9 +133,13 @@ def allocation(duration_s: float = 30.0, clients_per_model: int = 2, settle_s: f
         "pareto_vs_bound": round(sustained["pareto"] / bound["per_model_rate"], 3) if bound["per_model_rate"] else None,
         "load_shift": shifted,
     }
+    if WITH_VARIANTS in runs:
+        for baseline in POLICIES:
+            result[f"variants_vs_{baseline}"] = (round(sustained[WITH_VARIANTS] / sustained[baseline], 3)
+                                                 if sustained[baseline] else None)
     rows = [{"policy": p, **{m: runs[p]["per_model"][m]["throughput"] for m in MIX}, "sustained": runs[p]["sustained"],
-             "errors": runs[p]["errors"]} for p in POLICIES]
-    placements = [{"policy": p, **runs[p]["placement"]} for p in POLICIES]
+             "errors": runs[p]["errors"]} for p in runs]
+    placements = [{"policy": p, **runs[p]["placement"]} for p in runs]
     lines = [
         "## Allocation: the four-model mix under each policy (closed loop, equal clients per model)",
         "",
@@ -118,6 +155,10 @@ def allocation(duration_s: float = 30.0, clients_per_model: int = 2, settle_s: f
         "",
         table(placements, ["policy", *MIX]),
     ]
+    if WITH_VARIANTS in runs:
+        lines[8:8] = ["", f"pareto with the models' variants (within each model's max_fidelity_loss): / static = "
+                          f"**{result['variants_vs_static']}x**, / balance = **{result['variants_vs_balance']}x**, "
+                          f"/ pareto on fp32 = **{result['variants_vs_pareto']}x** (the bound is the fp32 one)"]
     if shifted:
         lines += ["", f"load shift (yolov8n -> magika, memory budget {shifted['memory_budget'] / 1e6:.0f} MB): "
                       f"placement changed {shifted['replan_seconds']} s after the shift (target <= 10 s), "

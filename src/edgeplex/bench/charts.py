@@ -113,7 +113,7 @@ def _allocation(result: dict[str, Any]) -> list[Chart]:
 
     def sustained(axes: Any) -> None:
         values = [runs[p]["sustained"] for p in policies]
-        bars = axes.bar(policies, values, color=["#9aa5b1", "#c0a36e", "#3b7dd8"][: len(policies)])
+        bars = axes.bar(policies, values, color=["#9aa5b1", "#c0a36e", "#3b7dd8", "#2a9d5c"][: len(policies)])
         axes.bar_label(bars, fmt="%.1f", fontsize=8)
         axes.set_ylabel("equal-share sustained rate, requests/s per model")
 

@@ -31,6 +31,8 @@ def add_bench_parser(commands: Any) -> None:
     alloc.add_argument("--clients", type=int, default=2, help="closed-loop clients per model")
     alloc.add_argument("--cores", type=int, default=2)
     alloc.add_argument("--no-shift", action="store_true", help="skip the load-shift scenario")
+    alloc.add_argument("--variants", action="store_true",
+                       help="also pareto with the models' variants made and profiled (pareto+variants)")
     alloc.add_argument("--out", type=Path, default=DEFAULT_OUT)
     sched = scenario.add_parser("scheduling", help="priority isolation, deadlines (EDF vs FIFO), dynamic batching")
     sched.add_argument("--duration", type=float, default=8.0,
@@ -61,7 +63,8 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.scenario == "allocation":
         from .allocation import allocation
 
-        result, text = allocation(args.duration, args.clients, cores=args.cores, shift=not args.no_shift)
+        result, text = allocation(args.duration, args.clients, cores=args.cores, shift=not args.no_shift,
+                                  variants=args.variants)
     elif args.scenario == "scheduling":
         from .scheduling import scheduling
 
