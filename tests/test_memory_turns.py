@@ -16,7 +16,7 @@ from models import slow_model, write_config
 
 from edgeplex.backends import ExecutionConfig
 from edgeplex.engine import Engine, InferRequest
-from edgeplex.engine.manager import RESIDENCY_LOADS
+from edgeplex.engine.manager import RESIDENCY_MAX_S
 from edgeplex.engine.placement import InstanceGroup, ModelPlacement
 from edgeplex.errors import EdgeplexError, MemoryFull
 
@@ -53,8 +53,10 @@ def test_models_with_traffic_that_cannot_all_be_resident_take_turns(tmp_path: Pa
     manager = engine.manager
     try:
         assert engine.load_all() == {}
-        one = max(manager.state(m).memory_bytes for m in ("a", "b"))
-        manager.memory_budget = int(1.5 * one)  # one model at a time
+        config = ExecutionConfig("onnxruntime", "cpu", "fp32", 1, 8)
+        for name in ("a", "b"):  # accounted at 10 MB each (as if profiled)
+            engine.apply(ModelPlacement(name, [InstanceGroup(config, 1, 10_000_000)]))
+        manager.memory_budget = 15_000_000  # one model at a time
         manager.unload("b", "made room", evicted=True)
         served = {"a": 0, "b": 0}
         errors: list[str] = []
@@ -99,16 +101,19 @@ def test_a_request_that_cannot_wait_for_its_turn_is_refused_fast_with_the_reason
     manager = engine.manager
     try:
         assert engine.load_all() == {}
-        manager.memory_budget = int(1.5 * max(manager.state(m).memory_bytes for m in ("a", "b")))
+        config = ExecutionConfig("onnxruntime", "cpu", "fp32", 1, 8)
+        for name in ("a", "b"):  # accounted at 10 MB each (as if profiled)
+            engine.apply(ModelPlacement(name, [InstanceGroup(config, 1, 10_000_000)]))
+        manager.memory_budget = 15_000_000  # one model at a time
         manager.unload("b", "made room", evicted=True)
         a = manager.state("a")
-        a.loaded_at, a.load_seconds = time.monotonic(), 1.0  # as if a's load took 1 s: 10 s of residency
+        a.loaded_at, a.load_seconds = time.monotonic(), 1.0  # as if a's load took 1 s: residency 10 s, capped
         started = time.monotonic()
         with pytest.raises(MemoryFull) as info:
             engine.infer(InferRequest("b", X, timeout_us=50_000))
         assert time.monotonic() - started < 0.5
         assert info.value.http_status == 503 and "loaded too recently" in info.value.message and "(a)" in info.value.message
-        assert info.value.retry_in_s == pytest.approx(RESIDENCY_LOADS, abs=0.5)
+        assert info.value.retry_in_s == pytest.approx(RESIDENCY_MAX_S, abs=0.5)  # 10x 1 s, capped
         assert manager.state("b").evicted and manager.state("b").reload_failures == 0  # its turn is still to come
         assert manager.state("a").state == "READY"
     finally:
@@ -266,10 +271,17 @@ def test_a_placement_with_no_room_for_a_warm_swap_is_installed_cold(tmp_path: Pa
         y = engine.infer(InferRequest("a", X)).outputs["y"]  # back under the new placement
         assert y.shape == (1, 256) and [i.config for i in manager.runner("a").instances] == [two]
         assert manager.memory_used() == 8_000_000
-        # One that could not fit even alone is refused, and the model keeps what it runs.
+        # One that could not fit even alone is refused, and the model keeps what it runs; the
+        # instance it would keep counts too (2 x 8 MB, one of them the running one).
+        for refused in (InstanceGroup(one, 2, 10_000_000), InstanceGroup(two, 2, 8_000_000)):
+            with pytest.raises(EdgeplexError, match="memory budget is 15.0 MB"):
+                engine.apply(ModelPlacement("a", [refused]))
+            assert manager.state("a").state == "READY" and [i.config for i in manager.runner("a").instances] == [two]
+        # Kept instances accounted at a larger profiled figure: room is made for the growth, or
+        # the placement is refused (1 x 8 MB -> 1 x 16 MB cannot be within 15 MB).
         with pytest.raises(EdgeplexError, match="memory budget is 15.0 MB"):
-            engine.apply(ModelPlacement("a", [InstanceGroup(one, 2, 10_000_000)]))
-        assert manager.state("a").state == "READY" and [i.config for i in manager.runner("a").instances] == [two]
+            engine.apply(ModelPlacement("a", [InstanceGroup(two, 1, 8_000_000), InstanceGroup(one, 1, 8_000_000)]))
+        assert manager.memory_used() <= 15_000_000
     finally:
         engine.close()
 
@@ -293,5 +305,21 @@ def test_an_evicted_model_answers_metadata_config_readiness_and_statistics_witho
         assert not engine.is_ready("b")
         engine.unload("a")  # unloaded, not evicted: not ready, and its statistics go
         assert not engine.is_ready("a") and {s["name"] for s in engine.statistics()} == {"b"}
+    finally:
+        engine.close()
+
+
+def test_an_evicted_model_unloaded_for_good_is_not_loaded_again_by_a_request(tmp_path: Path) -> None:
+    from edgeplex.errors import ModelNotReady
+
+    engine = Engine(_repo(tmp_path, ("a",)), cores=2)
+    try:
+        assert engine.load_all() == {}
+        engine.manager.unload("a", "made room", evicted=True)
+        engine.unload("a")  # the repository API's unload, while it is evicted
+        assert not engine.is_ready("a")
+        with pytest.raises(ModelNotReady, match="unloaded"):
+            engine.infer(InferRequest("a", X))
+        assert engine.manager.state("a").state == "UNAVAILABLE"
     finally:
         engine.close()

@@ -161,3 +161,18 @@ def test_the_placed_models_leave_the_turn_takers_room_within_the_hard_budget() -
     # Where no placement can leave that room, the rest take turns with the placed models.
     tight = plan_shared(demand, mix, cores=2, memory_budget=100, hard_budget=70)
     assert set(tight.placement) == {"det", "ocr"} and "taking turns with them" in tight.unplaced["cls"]
+
+
+def test_a_large_mix_under_a_tight_budget_is_planned_quickly() -> None:
+    import random
+    import time
+
+    rng = random.Random(1)
+    mix = {f"m{i}": [Candidate(ExecutionConfig("onnxruntime", "cpu", f"v{j}", t, 1), rng.uniform(10, 200), t,
+                               rng.randint(20, 60)) for j in range(3) for t in (1, 2)] for i in range(12)}
+    started = time.monotonic()
+    result = plan_shared(dict.fromkeys(mix, 1.0), mix, cores=4, memory_budget=120, hard_budget=130)
+    assert time.monotonic() - started < 2.0  # every subset with every combination would take hours
+    assert 0 < len(result.placement) < 12 and len(result.placement) + len(result.turns) == 12
+    used = sum(g.memory_bytes * g.count for p in result.placement.values() for g in p.groups)
+    assert used <= 120

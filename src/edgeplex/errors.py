@@ -66,12 +66,8 @@ class MemoryFull(ModelNotReady):
 
 
 class OverMemoryBudget(ModelNotReady):
-    """No eviction can make room: the budget is held by pinned models (or the model's own
-    instances during a swap). `fits_alone`: it would fit once its own instances are released."""
-
-    def __init__(self, message: str, fits_alone: bool) -> None:
-        super().__init__(message)
-        self.fits_alone = fits_alone
+    """No eviction can make room: the budget is held by pinned models (or, during a warm swap,
+    by the model's own instances)."""
 
 
 class PayloadTooLarge(EdgeplexError):

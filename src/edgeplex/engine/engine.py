@@ -8,6 +8,7 @@ import logging
 import os
 import time
 from concurrent.futures import Future
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -133,13 +134,15 @@ class Engine:
         """Validate and queue a request; the future resolves when it has run. A model evicted
         for memory is loaded again first, waiting for its turn within the request's timeout
         (blocking: use `infer_async` from an event loop)."""
+        arrived = time.monotonic()
+        give_up = arrived + _reload_wait_s(request)
         for attempt in range(RELOAD_TRIES):
             try:
-                return self.submit_nowait(request)
+                return self.submit_nowait(_less_wait(request, arrived))
             except ModelEvicted:
                 if attempt == RELOAD_TRIES - 1:
                     raise
-                self.manager.ensure_loaded(request.model_name, wait_s=_reload_wait_s(request))
+                self.manager.ensure_loaded(request.model_name, wait_s=max(give_up - time.monotonic(), 0.0))
         raise AssertionError("unreachable")
 
     def infer(self, request: InferRequest) -> InferResponse:
@@ -149,10 +152,11 @@ class Engine:
     async def infer_async(self, request: InferRequest) -> InferResponse:
         """Run a request without blocking the event loop: a reload happens in a worker thread,
         and waiting for the model's turn in memory holds no thread at all."""
-        give_up = time.monotonic() + _reload_wait_s(request)
+        arrived = time.monotonic()
+        give_up = arrived + _reload_wait_s(request)
         for attempt in range(RELOAD_TRIES):
             try:
-                future = self.submit_nowait(request)
+                future = self.submit_nowait(_less_wait(request, arrived))
                 break
             except ModelEvicted:
                 if attempt == RELOAD_TRIES - 1:
@@ -182,3 +186,12 @@ class Engine:
 def _reload_wait_s(request: InferRequest) -> float:
     """How long a request may wait for its evicted model's turn: its own timeout, else a bound."""
     return request.timeout_us / 1e6 if request.timeout_us else RELOAD_WAIT_S
+
+
+def _less_wait(request: InferRequest, arrived: float) -> InferRequest:
+    """The request with its timeout less the time it waited for its model to be loaded again:
+    the caller's deadline runs from its arrival, not from the end of that wait."""
+    waited_us = int((time.monotonic() - arrived) * 1e6)
+    if request.timeout_us and waited_us > 1000:
+        return replace(request, timeout_us=max(request.timeout_us - waited_us, 1))
+    return request

@@ -53,6 +53,7 @@ READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNL
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 60.0  # back-off of failed reloads
 EVICTED_REASON = "evicted to stay within the memory budget; loaded again on its next request"
 RESIDENCY_LOADS = 10.0  # a model swapped in on request stays this many times its load time, at least
+RESIDENCY_MAX_S = 3.0  # ... but no longer, so that a request waiting for its turn gets it in time
 RELOAD_WAIT_S = 10.0  # how long a request (without a timeout of its own) waits for its model's turn
 
 __all__ = ["ModelEvicted", "ModelManager", "ModelState"]
@@ -100,8 +101,9 @@ class ModelState:
 
     @property
     def swappable_at(self) -> float:
-        """When a swap on request may evict it: its load paid back RESIDENCY_LOADS times over."""
-        return self.loaded_at + RESIDENCY_LOADS * self.load_seconds
+        """When a swap on request may evict it: its load paid back RESIDENCY_LOADS times over
+        (at most RESIDENCY_MAX_S after it came in)."""
+        return self.loaded_at + min(RESIDENCY_LOADS * self.load_seconds, RESIDENCY_MAX_S)
 
 
 def default_placement(config: ModelConfig) -> ModelPlacement:
@@ -230,7 +232,11 @@ class ModelManager:
         back-off (0.5 s doubling to 60 s) and are refused with the last reason meanwhile."""
         give_up = time.monotonic() + wait_s
         while True:
-            with self._load_lock:
+            # Another load or a drain may hold the lock for a while: wait for it within the bound.
+            if not self._load_lock.acquire(timeout=max(give_up - time.monotonic(), 0.0)):
+                raise MemoryFull(f"model '{name}' waits for another model's load or eviction to finish",
+                                 retry_in_s=0.05)
+            try:
                 state = self.state(name)
                 if state.state == READY or not state.evicted:
                     return
@@ -260,6 +266,8 @@ class ModelManager:
                     for stats in state.stats.values() if on_request else ():
                         stats.reloads += 1
                     return
+            finally:
+                self._load_lock.release()
             time.sleep(max(pause, 0.001))  # outside the lock: the swap that frees room needs it
 
     def apply(self, placement: ModelPlacement) -> None:
@@ -278,6 +286,12 @@ class ModelManager:
                 state.placement.capacity, state.placement.reason = placement.capacity, placement.reason
                 state.placement.extra = dict(placement.extra)  # e.g. whether it takes turns now
                 state.placement.groups = list(placement.groups)  # the same configs, with their profiled bytes
+                growth = _growth(placement, [i for r in state.runners.values() for i in r.instances])
+                try:
+                    self._make_room(state, growth, protect_recent=False)
+                except ModelNotReady as exc:  # the instances are resident anyway: account the truth
+                    log.warning("model %s: its profiled memory puts the models over the budget: %s", state.name,
+                                exc.message)
                 self._account(state, placement)
                 return
             previous, state.placement = state.placement, placement
@@ -285,9 +299,11 @@ class ModelManager:
                 try:
                     self._install(state, self.repository.source(placement.model), state.config, placement, reuse=True,
                                   protect_recent=False)
-                except OverMemoryBudget as exc:
+                except OverMemoryBudget:
                     state.placement = previous
-                    if not exc.fits_alone:
+                    source = self.repository.source(placement.model)
+                    whole = self._estimate(state, source, state.config, {str(v): placement.groups for v in source.versions})
+                    if self._pinned_bytes(state) + whole > self.memory_budget:  # type: ignore[operator]
                         raise
                     # No room for its old and new instances at once: swap cold. It finishes what
                     # it has queued, and comes back under the new placement on its next request.
@@ -300,12 +316,22 @@ class ModelManager:
                     raise
 
     def unload(self, name: str, reason: str = "unloaded", evicted: bool = False) -> None:
-        """Stop taking requests for `name`, finish those queued, release its sessions."""
+        """Stop taking requests for `name`, finish those queued, release its sessions. An
+        eviction holds the load lock, so that no reload starts while the model drains."""
+        if evicted:
+            with self._load_lock:
+                self._unload(name, reason, evicted)
+        else:
+            self._unload(name, reason, evicted)
+
+    def _unload(self, name: str, reason: str, evicted: bool) -> None:
         with self._lock:
             state = self._states.get(name)
             if state is None or state.state != READY:
                 if state is None:
                     self.repository.source(name)  # 404 if it does not even exist
+                elif state.evicted and not evicted:  # unloaded for good: no reload on request
+                    state.evicted, state.reason = False, reason
                 return
             # Evicted from now on: requests arriving while it drains wait for its reload.
             state.state, state.reason, state.evicted = UNLOADING, "", evicted
@@ -334,13 +360,15 @@ class ModelManager:
         plan = {str(v): _reuse(state.runners.get(str(v)) if reuse and state.state == READY else None, placement)
                 for v in source.versions}
         to_open = {v: missing for v, (_, missing) in plan.items()}
-        self._make_room(state, self._estimate(state, source, config, to_open), protect_recent)
+        # Kept instances are accounted at the placement's figure from now on: room for any growth.
+        regrowth = _growth(placement, [inst for kept, _ in plan.values() for inst in kept])
+        self._make_room(state, self._estimate(state, source, config, to_open) + regrowth, protect_recent)
         started = time.monotonic()
         opened = self._open(source, config, to_open, state.measured)
         load_seconds = time.monotonic() - started
         grown = sum(inst.memory_bytes for instances in opened.values() for inst in instances)
         try:
-            self._make_room(state, grown, protect_recent)  # measured now: make room for what it really took
+            self._make_room(state, grown + regrowth, protect_recent)  # measured now: what it really took
         except ModelNotReady:
             for instances in opened.values():
                 for inst in instances:
@@ -372,6 +400,11 @@ class ModelManager:
             extra={"event": "placement", "model": config.name, "placement": _describe(placement),
                    "memory_bytes": state.memory_bytes, "reason": placement.reason},
         )
+
+    def _pinned_bytes(self, excluding: ModelState) -> int:
+        with self._lock:
+            return sum(s.memory_bytes for s in self._states.values()
+                       if s is not excluding and s.state == READY and s.config is not None and s.config.pinned)
 
     @staticmethod
     def _account(state: ModelState, placement: ModelPlacement) -> None:
@@ -415,8 +448,7 @@ class ModelManager:
                 raise OverMemoryBudget(
                     f"model '{loading.name}' needs about {need / 1e6:.1f} MB; the memory budget is "
                     f"{self.memory_budget / 1e6:.1f} MB and {(pinned + own) / 1e6:.1f} MB are held by models that "
-                    "are pinned or being replaced",
-                    fits_alone=pinned + need <= self.memory_budget,
+                    "are pinned or being replaced"
                 )
             # Those taking turns go first: the planned models are the ones worth keeping resident,
             # so while the turn-takers' room would do, a swap waits for their turns to end.
@@ -424,8 +456,12 @@ class ModelManager:
             room = self.memory_budget - self.memory_used() + sum(s.memory_bytes for s in turns)
             pool = turns if turns and room >= need else candidates
             ripe = [s for s in pool if not protect_recent or s.swappable_at <= now]
+            free = self.memory_budget - self.memory_used()
+            if ripe and protect_recent and free + sum(s.memory_bytes for s in ripe) < need:
+                ripe = []  # evicting those would not make room yet: evict none, wait for more turns to end
             if not ripe:
-                turn = min(s.swappable_at for s in pool) - now
+                later = [s.swappable_at - now for s in pool if s.swappable_at > now]
+                turn = min(later) if later else 0.05
                 raise MemoryFull(
                     f"model '{loading.name}' needs about {need / 1e6:.1f} MB of the {self.memory_budget / 1e6:.1f} MB "
                     f"memory budget, held by models loaded too recently to be swapped out "
@@ -478,6 +514,12 @@ class ModelManager:
         figure = max(opened + warmed, session.memory_bytes, path.stat().st_size, measured.get(key, 0))
         measured[key] = figure
         return Instance(session, group.config, group.memory_bytes or figure)
+
+
+def _growth(placement: ModelPlacement, instances: list[Instance]) -> int:
+    """Bytes by which accounting `instances` at `placement`'s profiled figures grows."""
+    planned = {g.config: g.memory_bytes for g in placement.groups if g.memory_bytes > 0}
+    return sum(max(0, planned.get(i.config, i.memory_bytes) - i.memory_bytes) for i in instances)
 
 
 def _memo_key(config: ExecutionConfig) -> tuple[str, str, int]:

@@ -18,12 +18,18 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 from ..engine.placement import TURN, InstanceGroup, ModelPlacement, Placement
 from .policies import Candidate, PlanResult, shares, slowdown_of
 
-SEARCH_LIMIT = 50_000  # config combinations tried exhaustively; beyond, per-model best choice
+# Combinations evaluated per plan (each costs up to ~0.3 ms: the allocator re-plans every few
+# seconds). Within it the search is exhaustive; beyond, a local search from heuristic starts.
+SEARCH_LIMIT = 1_000
+SEARCH_SECONDS = 0.25  # ... and no longer than this (the local search stops; large mixes only)
+EXACT_SUBSETS = 5  # up to this many models, every subset is tried when not all fit; beyond, greedy
 
 
 def plan_shared(
@@ -51,17 +57,20 @@ def plan_shared(
     raw = shares(demand, models)
     smallest = {m: min(c.memory_bytes for c in candidates[m]) for m in models}
     best: tuple[tuple[bool, float, float, int, int], dict[str, tuple[Candidate, int]]] | None = None
+    effort = _Effort(SEARCH_LIMIT, time.monotonic() + SEARCH_SECONDS)
     for size in range(len(models), 0, -1):
-        for subset in itertools.combinations(models, size):
+        for subset in _subsets(models, size, smallest, raw):
+            if memory_budget is not None and sum(smallest[m] for m in subset) > memory_budget:
+                continue  # not even their smallest configs fit
             d = shares(demand, subset)
             rest = [smallest[m] for m in models if m not in subset]
             found, room = None, False
             if rest and memory_budget is not None and hard_budget is not None:  # leave the rest a turn room
                 budget = min(memory_budget, hard_budget - max(rest))
-                found = _search(subset, choices, caps, budget, d, slowdown, current) if budget > 0 else None
+                found = _search(subset, choices, caps, budget, d, slowdown, current, effort) if budget > 0 else None
                 room = found is not None
             if found is None:
-                found = _search(subset, choices, caps, memory_budget, d, slowdown, current)
+                found = _search(subset, choices, caps, memory_budget, d, slowdown, current, effort)
             if found is not None:
                 score = (room, sum(raw[m] for m in subset), *found[0])
                 if best is None or score > best[0]:
@@ -85,31 +94,75 @@ def plan_shared(
     return PlanResult({}, 0.0, {}, unplaced, "timeshare")
 
 
+def _subsets(models: list[str], size: int, smallest: Mapping[str, int], share: Mapping[str, float]
+             ) -> Iterator[tuple[str, ...]]:
+    """The subsets of `size` models to try: all of them for a few models; else the one of the
+    models whose smallest configs are smallest (the most models fit that way; ties: more demand)."""
+    if len(models) <= EXACT_SUBSETS:
+        yield from itertools.combinations(models, size)
+    else:
+        yield tuple(sorted(sorted(models, key=lambda m: (smallest[m], -share[m]))[:size]))
+
+
+Score = tuple[float, int, int]
+
+
+@dataclass
+class _Effort:
+    """What is left of a plan's search: evaluations, and time."""
+
+    left: int
+    until: float
+
+    def spent(self) -> bool:
+        return self.left <= 0 or time.monotonic() > self.until
+
+
 def _search(
     models: tuple[str, ...], choices: Mapping[str, list[Candidate]], caps: Mapping[str, int], budget: int | None,
-    d: Mapping[str, float], slowdown: Mapping[str, float] | None, current: Placement | None,
-) -> tuple[tuple[float, int, int], dict[str, tuple[Candidate, int]]] | None:
-    """The best (λ, configs kept, -memory) combination of `models`' configs, None if none fits."""
-    options = [choices[m] for m in models]
-    pool: Iterator[tuple[Candidate, ...]]
-    if math.prod(len(c) for c in options) <= SEARCH_LIMIT:
-        pool = itertools.product(*options)
-    else:  # each model's most core-efficient config alone, or its smallest
-        pool = iter([tuple(min(c, key=lambda x: _cost(x, m, slowdown)) for m, c in zip(models, options)),
-                     tuple(min(c, key=lambda x: x.memory_bytes) for c in options)])
-    best: tuple[tuple[float, int, int], dict[str, tuple[Candidate, int]]] | None = None
-    for combo in pool:
-        chosen = dict(zip(models, combo))
+    d: Mapping[str, float], slowdown: Mapping[str, float] | None, current: Placement | None, effort: _Effort,
+) -> tuple[Score, dict[str, tuple[Candidate, int]]] | None:
+    """The best (λ, configs kept, -memory) combination of `models`' configs, None if none fits:
+    every combination while `effort` (evaluations left for this plan) lasts, else a local search
+    (one model's config changed at a time) from each model's most core-efficient config and
+    from each one's smallest."""
+
+    def score(chosen: dict[str, Candidate]) -> tuple[Score, dict[str, tuple[Candidate, int]]] | None:
+        effort.left -= 1
         counts = _instances(chosen, caps, budget, d, slowdown)
         if counts is None:
-            continue
+            return None
         lam = _lam(chosen, counts, d, caps, slowdown)
         kept = sum(1 for m, c in chosen.items() if current and m in current and
                    any(g.config == c.config for g in current[m].groups))
         memory = sum(c.memory_bytes * counts[m] for m, c in chosen.items())
-        score = (round(lam, 9), kept, -memory)
-        if best is None or score > best[0]:
-            best = (score, {m: (c, counts[m]) for m, c in chosen.items()})
+        return (round(lam, 9), kept, -memory), {m: (c, counts[m]) for m, c in chosen.items()}
+
+    options = [choices[m] for m in models]
+    best: tuple[Score, dict[str, tuple[Candidate, int]]] | None = None
+    if math.prod(len(c) for c in options) <= effort.left:
+        for combo in itertools.product(*options):
+            found = score(dict(zip(models, combo)))
+            if found is not None and (best is None or found[0] > best[0]):
+                best = found
+        return best
+    starts = [{m: min(c, key=lambda x: _cost(x, m, slowdown)) for m, c in zip(models, options)},
+              {m: min(c, key=lambda x: x.memory_bytes) for m, c in zip(models, options)}]
+    for start in starts:
+        here = score(start)
+        chosen = dict(start)
+        improved = True
+        while improved and not effort.spent():
+            improved = False
+            for m, cands in zip(models, options):
+                for cand in cands:
+                    if cand is chosen[m] or effort.spent():
+                        continue
+                    found = score({**chosen, m: cand})
+                    if found is not None and (here is None or found[0] > here[0]):
+                        here, chosen[m], improved = found, cand, True
+        if here is not None and (best is None or here[0] > best[0]):
+            best = here
     return best
 
 
