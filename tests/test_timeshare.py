@@ -158,6 +158,11 @@ def test_the_placed_models_leave_the_turn_takers_room_within_the_hard_budget() -
     roomy = plan_shared(demand, mix, cores=2, memory_budget=100, hard_budget=110)
     assert set(roomy.placement) == {"det", "ocr"} and used(roomy) + 50 <= 110
     assert "in the room they leave" in roomy.unplaced["cls"] and roomy.turns["cls"].extra["turn"] == 1.0
+    # Two placed would leave cls no room within 80: one placed (det, the most demand) and a room
+    # for the others beats two placed that the turn-takers would keep evicting.
+    single = plan_shared(demand, mix, cores=2, memory_budget=55, hard_budget=80)
+    assert set(single.placement) == {"det"} and set(single.turns) == {"cls", "ocr"}
+    assert used(single) + 50 <= 80
     # Where no placement can leave that room, the rest take turns with the placed models.
     tight = plan_shared(demand, mix, cores=2, memory_budget=100, hard_budget=70)
     assert set(tight.placement) == {"det", "ocr"} and "taking turns with them" in tight.unplaced["cls"]

@@ -56,6 +56,8 @@ def plan_shared(
     choices = {m: _useful(candidates[m], m, slowdown, current) for m in models}
     raw = shares(demand, models)
     smallest = {m: min(c.memory_bytes for c in candidates[m]) for m in models}
+    # The most models that fit and leave the rest a room to take turns in; else (no placement
+    # leaves one) the most models that fit, the rest taking turns with them.
     best: tuple[tuple[bool, float, float, int, int], dict[str, tuple[Candidate, int]]] | None = None
     effort = _Effort(SEARCH_LIMIT, time.monotonic() + SEARCH_SECONDS)
     for size in range(len(models), 0, -1):
@@ -64,18 +66,18 @@ def plan_shared(
                 continue  # not even their smallest configs fit
             d = shares(demand, subset)
             rest = [smallest[m] for m in models if m not in subset]
-            found, room = None, False
+            found, room = None, not rest  # all placed: nobody needs a room
             if rest and memory_budget is not None and hard_budget is not None:  # leave the rest a turn room
                 budget = min(memory_budget, hard_budget - max(rest))
                 found = _search(subset, choices, caps, budget, d, slowdown, current, effort) if budget > 0 else None
                 room = found is not None
-            if found is None:
+            if found is None and (best is None or len(best[1]) == size):  # a larger one without room stands
                 found = _search(subset, choices, caps, memory_budget, d, slowdown, current, effort)
             if found is not None:
                 score = (room, sum(raw[m] for m in subset), *found[0])
-                if best is None or score > best[0]:
+                if best is None or (score > best[0] if len(best[1]) == size else room and not best[0][0]):
                     best = (score, found[1])
-        if best is not None:  # the most models that fit (leaving the rest room, where some can)
+        if best is not None and best[0][0]:
             break
     if best is not None:
         result = _result(best[1], shares(demand, best[1]), caps, slowdown, unplaced)
