@@ -323,3 +323,29 @@ def test_an_evicted_model_unloaded_for_good_is_not_loaded_again_by_a_request(tmp
         assert engine.manager.state("a").state == "UNAVAILABLE"
     finally:
         engine.close()
+
+
+def test_a_turn_goes_to_the_model_waiting_longest(tmp_path: Path) -> None:
+    from edgeplex.engine.manager import EVICTED_REASON
+
+    engine = Engine(_repo(tmp_path, ("a", "b", "c")), cores=2)
+    manager = engine.manager
+    try:
+        assert engine.load_all() == {}
+        config = ExecutionConfig("onnxruntime", "cpu", "fp32", 1, 8)
+        for name in ("a", "b", "c"):
+            engine.apply(ModelPlacement(name, [InstanceGroup(config, 1, 10_000_000)]))
+        manager.memory_budget = 15_000_000  # one at a time
+        for name in ("b", "c"):
+            manager.unload(name, EVICTED_REASON, evicted=True)
+        a = manager.state("a")
+        a.loaded_at, a.load_seconds = time.monotonic(), 0.05  # a's turn ends in 0.5 s
+        with pytest.raises(MemoryFull):  # b starts waiting first
+            manager.ensure_loaded("b", wait_s=0.0)
+        time.sleep(0.6)
+        with pytest.raises(MemoryFull, match="behind b"):  # a's turn is over, but b waits longer
+            manager.ensure_loaded("c", wait_s=0.0)
+        manager.ensure_loaded("b", wait_s=0.0)
+        assert manager.state("b").state == "READY" and manager.state("a").evicted
+    finally:
+        engine.close()

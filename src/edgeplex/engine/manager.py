@@ -126,6 +126,9 @@ class ModelManager:
         self._states: dict[str, ModelState] = {}
         self._lock = threading.Lock()
         self._load_lock = threading.RLock()  # one load/apply at a time: memory deltas stay apart
+        # Evicted models waiting for a turn: name -> (waiting since, last try). A turn that ends
+        # goes to the one waiting longest, not to whichever request polls first.
+        self._waiting: dict[str, tuple[float, float]] = {}
 
     # -- queries -------------------------------------------------------------------------------
     def states(self) -> list[ModelState]:
@@ -251,6 +254,8 @@ class ModelManager:
                 except MemoryFull as exc:  # its turn has not come yet: not a failure of the model
                     with self._lock:
                         state.evicted, state.reason = True, EVICTED_REASON
+                        since = self._waiting.get(name, (time.monotonic(), 0.0))[0]
+                        self._waiting[name] = (since, time.monotonic())
                     pause = exc.retry_in_s
                     if time.monotonic() + pause > give_up:
                         raise
@@ -262,6 +267,8 @@ class ModelManager:
                         state.evicted, state.reason = True, exc.message  # still evicted: a later try may fit
                     raise
                 else:
+                    with self._lock:
+                        self._waiting.pop(name, None)
                     state.reload_failures, state.retry_at = 0, 0.0
                     for stats in state.stats.values() if on_request else ():
                         stats.reloads += 1
@@ -401,6 +408,16 @@ class ModelManager:
                    "memory_bytes": state.memory_bytes, "reason": placement.reason},
         )
 
+    def _ahead_of(self, name: str, now: float) -> str:
+        """The model waiting for a turn longer than `name` (its requests still trying), if any."""
+        with self._lock:
+            for stale in [m for m, (_, tried) in self._waiting.items() if now - tried > RESIDENCY_MAX_S + 1.0]:
+                del self._waiting[stale]  # its requests gave up
+            mine = self._waiting.get(name, (now, now))[0]
+            earlier = [(since, m) for m, (since, _) in self._waiting.items()
+                       if m != name and since < mine and self._states[m].evicted]
+        return min(earlier)[1] if earlier else ""
+
     def _pinned_bytes(self, excluding: ModelState) -> int:
         with self._lock:
             return sum(s.memory_bytes for s in self._states.values()
@@ -456,6 +473,8 @@ class ModelManager:
             room = self.memory_budget - self.memory_used() + sum(s.memory_bytes for s in turns)
             pool = turns if turns and room >= need else candidates
             ripe = [s for s in pool if not protect_recent or s.swappable_at <= now]
+            if ripe and protect_recent and (ahead := self._ahead_of(loading.name, now)):
+                raise MemoryFull(f"model '{loading.name}' waits for its turn in memory behind {ahead}", retry_in_s=0.05)
             free = self.memory_budget - self.memory_used()
             if ripe and protect_recent and free + sum(s.memory_bytes for s in ripe) < need:
                 ripe = []  # evicting those would not make room yet: evict none, wait for more turns to end
