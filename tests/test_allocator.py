@@ -196,3 +196,26 @@ def test_pareto_brings_an_evicted_model_back_with_smaller_variants(tmp_path: Pat
         assert y.shape == (1, 512)
     finally:
         engine.close()
+
+
+def test_variants_beyond_the_fidelity_bound_are_not_profiled(tmp_path: Path) -> None:
+    from edgeplex.repository import Repository
+    from edgeplex.tuning.store import file_hash
+    from edgeplex.tuning.variants import optimize
+
+    root = tmp_path / "repo"
+    slow_model(root / "a" / "1" / "model.onnx", size=64, layers=2)
+    write_config(root / "a", max_batch_size=8, max_fidelity_loss=0.0)  # nothing but the original
+    repository = Repository(root)
+    source = repository.source("a")
+    variant = optimize(source.versions[1], repository.load_config(source), "int8-dynamic", samples=2)
+    assert variant.loss > 0.0
+    engine = Engine(root, cores=2)
+    try:
+        assert engine.load_all() == {}
+        store = ProfileStore(tmp_path / "profiles.sqlite")
+        Allocator(engine, "pareto", store, profile_seconds=0.05).profile_unprofiled()
+        assert store.for_model(file_hash(root / "a" / "1" / "model.onnx"))
+        assert not store.for_model(file_hash(variant.path))  # it could never be chosen
+    finally:
+        engine.close()

@@ -21,6 +21,7 @@ from edgeplex.engine.placement import InstanceGroup, ModelPlacement
 from edgeplex.errors import EdgeplexError, MemoryFull
 
 X = {"x": np.ones((1, 256), np.float32)}
+ONE_THREAD = ExecutionConfig("onnxruntime", "cpu", "fp32", 1, 8)
 
 
 def _repo(root: Path, names: tuple[str, ...] = ("a", "b")) -> Path:
@@ -28,6 +29,21 @@ def _repo(root: Path, names: tuple[str, ...] = ("a", "b")) -> Path:
         slow_model(root / name / "1" / "model.onnx", size=256, layers=16)  # 4.2 MB of weights
         write_config(root / name, max_batch_size=8)
     return root
+
+
+def _at_ten_mb(tmp_path: Path, names: tuple[str, ...], evicted: tuple[str, ...]) -> Engine:
+    """`names` loaded and accounted at 10 MB each (as if profiled) under a 15 MB budget (one at a
+    time), then `evicted` evicted for memory."""
+    from edgeplex.engine.manager import EVICTED_REASON
+
+    engine = Engine(_repo(tmp_path, names), cores=2)
+    assert engine.load_all() == {}
+    for name in names:
+        engine.apply(ModelPlacement(name, [InstanceGroup(ONE_THREAD, 1, 10_000_000)]))
+    engine.manager.memory_budget = 15_000_000
+    for name in evicted:
+        engine.manager.unload(name, EVICTED_REASON, evicted=True)
+    return engine
 
 
 def test_an_instance_is_accounted_at_the_bytes_its_placement_carries(tmp_path: Path) -> None:
@@ -49,15 +65,9 @@ def test_an_instance_is_accounted_at_the_bytes_its_placement_carries(tmp_path: P
 
 
 def test_models_with_traffic_that_cannot_all_be_resident_take_turns(tmp_path: Path) -> None:
-    engine = Engine(_repo(tmp_path), cores=2)
+    engine = _at_ten_mb(tmp_path, ("a", "b"), evicted=("b",))
     manager = engine.manager
     try:
-        assert engine.load_all() == {}
-        config = ExecutionConfig("onnxruntime", "cpu", "fp32", 1, 8)
-        for name in ("a", "b"):  # accounted at 10 MB each (as if profiled)
-            engine.apply(ModelPlacement(name, [InstanceGroup(config, 1, 10_000_000)]))
-        manager.memory_budget = 15_000_000  # one model at a time
-        manager.unload("b", "made room", evicted=True)
         served = {"a": 0, "b": 0}
         errors: list[str] = []
         over_budget: list[int] = []
@@ -97,15 +107,9 @@ def test_models_with_traffic_that_cannot_all_be_resident_take_turns(tmp_path: Pa
 
 
 def test_a_request_that_cannot_wait_for_its_turn_is_refused_fast_with_the_reason(tmp_path: Path) -> None:
-    engine = Engine(_repo(tmp_path), cores=2)
+    engine = _at_ten_mb(tmp_path, ("a", "b"), evicted=("b",))
     manager = engine.manager
     try:
-        assert engine.load_all() == {}
-        config = ExecutionConfig("onnxruntime", "cpu", "fp32", 1, 8)
-        for name in ("a", "b"):  # accounted at 10 MB each (as if profiled)
-            engine.apply(ModelPlacement(name, [InstanceGroup(config, 1, 10_000_000)]))
-        manager.memory_budget = 15_000_000  # one model at a time
-        manager.unload("b", "made room", evicted=True)
         a = manager.state("a")
         a.loaded_at, a.load_seconds = time.monotonic(), 1.0  # as if a's load took 1 s: residency 10 s, capped
         started = time.monotonic()
@@ -326,18 +330,9 @@ def test_an_evicted_model_unloaded_for_good_is_not_loaded_again_by_a_request(tmp
 
 
 def test_a_turn_goes_to_the_model_waiting_longest(tmp_path: Path) -> None:
-    from edgeplex.engine.manager import EVICTED_REASON
-
-    engine = Engine(_repo(tmp_path, ("a", "b", "c")), cores=2)
+    engine = _at_ten_mb(tmp_path, ("a", "b", "c"), evicted=("b", "c"))
     manager = engine.manager
     try:
-        assert engine.load_all() == {}
-        config = ExecutionConfig("onnxruntime", "cpu", "fp32", 1, 8)
-        for name in ("a", "b", "c"):
-            engine.apply(ModelPlacement(name, [InstanceGroup(config, 1, 10_000_000)]))
-        manager.memory_budget = 15_000_000  # one at a time
-        for name in ("b", "c"):
-            manager.unload(name, EVICTED_REASON, evicted=True)
         a = manager.state("a")
         a.loaded_at, a.load_seconds = time.monotonic(), 0.05  # a's turn ends in 0.5 s
         with pytest.raises(MemoryFull):  # b starts waiting first

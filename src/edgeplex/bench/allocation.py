@@ -40,7 +40,8 @@ def _placement(server: ServerProcess) -> dict[str, Any]:
 
 def _placements_text(server: ServerProcess) -> dict[str, str]:
     return {
-        m["model"]: " + ".join(f"{g['instances']}x {g['backend']}/t{g['threads']}" for g in m["groups"])
+        m["model"]: " + ".join(f"{g['instances']}x {g['backend']}/t{g['threads']}"
+                               + ("" if g["variant"] == "fp32" else f"/{g['variant']}") for g in m["groups"])
         for m in _placement(server)["models"]
     }
 

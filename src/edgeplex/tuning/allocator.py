@@ -170,9 +170,9 @@ class Allocator:
         return candidates_for_models(profiles, configs, self.engine.cores)
 
     def profile_unprofiled(self) -> None:
-        """Briefly profile, in the background, every model (or variant of it) the store knows
-        nothing of, holding the measured config's cores (at the lowest priority) so serving is
-        never oversubscribed."""
+        """Briefly profile, in the background, every model (or variant of it within the model's
+        `max_fidelity_loss`: no other can be chosen) the store knows nothing of, holding the
+        measured config's cores (at the lowest priority) so serving is never oversubscribed."""
         assert self.store is not None
         configs = self._configs()
         versions = current_backend_versions()
@@ -182,13 +182,15 @@ class Allocator:
             return pool.hold(config.threads or pool.capacity, BACKGROUND_PRIORITY)
 
         for name, config in configs.items():
-            known = self._variants(name, config)
+            known = {v: (digest, loss) for v, (digest, loss) in self._variants(name, config).items()
+                     if loss <= config.max_fidelity_loss}
             missing = [v for v, (digest, _) in known.items()
                        if not self.store.for_model(digest, backend_versions=versions)]
             if not missing or self._stop.is_set():
                 continue
             log.info("profiling %s (%s) in the background (no stored profile)", name, ", ".join(missing))
-            files = variant_files(self._model_file(name, config).parent, config.default_model_filename)
+            files = {v: f for v, f in variant_files(self._model_file(name, config).parent,
+                                                    config.default_model_filename).items() if v in known}
             profile_model(
                 name, files["fp32"][0], config, self.store, self.engine.cores, iterations=20, warmup=2,
                 max_seconds=self.profile_seconds, guard=guard, variants=files,  # what is stored is skipped
