@@ -88,14 +88,19 @@ def test_a_model_that_cannot_come_back_is_refused_at_once_with_back_off(tmp_path
         engine.close()
 
 
+def _on_a_missing_processor() -> ModelPlacement:
+    """A placement of `add` on a processor this machine lacks: its install always fails."""
+    return ModelPlacement("add", [InstanceGroup(ExecutionConfig("onnxruntime", "cuda:7", "fp32", 1, 4))],
+                          reason="test: a processor this machine lacks")
+
+
 def test_a_placement_that_fails_is_not_retried_in_a_loop(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     add_model(tmp_path / "add" / "1" / "model.onnx")
     engine = Engine(tmp_path, cores=1)
     try:
         assert engine.load_all() == {}
         allocator = Allocator(engine, "static")
-        impossible = ModelPlacement("add", [InstanceGroup(ExecutionConfig("onnxruntime", "cuda:7", "fp32", 1, 4))],
-                                    reason="test: a processor this machine lacks")
+        impossible = _on_a_missing_processor()
         with caplog.at_level(logging.ERROR, logger="edgeplex.tuning.allocator"):
             for _ in range(5):
                 allocator._apply_all({"add": impossible})
@@ -114,8 +119,7 @@ def test_a_failed_placement_leaves_the_previous_one_reported_and_retriable(tmp_p
     try:
         assert engine.load_all() == {}
         before = engine.manager.state("add").placement
-        impossible = ModelPlacement("add", [InstanceGroup(ExecutionConfig("onnxruntime", "cuda:7", "fp32", 1, 4))],
-                                    reason="test")
+        impossible = _on_a_missing_processor()
         for _ in range(2):  # the second try really tries again (it is not taken as already applied)
             with pytest.raises(BackendError, match="cuda:7"):
                 engine.apply(impossible)

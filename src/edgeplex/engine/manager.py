@@ -12,7 +12,8 @@ measured (resident-set delta of open + first run, floored by the largest measure
 the same config and by the file's size: a reload into freed pages under-counts otherwise).
 Within a budget, loading evicts the least recently used model that is neither pinned nor busy,
 after it has finished what it has queued; a request for an evicted model loads it again. "Busy"
-for a swap on request means loaded less than RESIDENCY_LOADS times its load time ago: when the
+for a swap on request means loaded less than RESIDENCY_LOADS times its load time ago (at most
+RESIDENCY_MAX_S), and models taking turns go before placed ones: when the
 models with traffic cannot all be resident, they take turns at that pace instead of thrashing
 or one of them starving, and a request waits (bounded) for its model's turn.
 """
@@ -55,8 +56,6 @@ EVICTED_REASON = "evicted to stay within the memory budget; loaded again on its 
 RESIDENCY_LOADS = 10.0  # a model swapped in on request stays this many times its load time, at least
 RESIDENCY_MAX_S = 3.0  # ... but no longer, so that a request waiting for its turn gets it in time
 RELOAD_WAIT_S = 10.0  # how long a request (without a timeout of its own) waits for its model's turn
-
-__all__ = ["ModelEvicted", "ModelManager", "ModelState"]
 
 
 @dataclass
@@ -426,7 +425,7 @@ class ModelManager:
     @staticmethod
     def _account(state: ModelState, placement: ModelPlacement) -> None:
         """Account each instance at its group's profiled bytes where the placement has them."""
-        planned = {g.config: g.memory_bytes for g in placement.groups if g.memory_bytes > 0}
+        planned = _planned_bytes(placement)
         for runner in state.runners.values():
             for inst in runner.instances:
                 inst.memory_bytes = planned.get(inst.config, inst.memory_bytes)
@@ -459,7 +458,7 @@ class ModelManager:
             with self._lock:
                 others = [s for s in self._states.values() if s is not loading and s.state == READY]
                 candidates = [s for s in others if not (s.config and s.config.pinned)]
-            pinned = sum(s.memory_bytes for s in others if s.config and s.config.pinned)
+            pinned = self._pinned_bytes(loading)
             own = loading.memory_bytes if loading.state == READY else 0
             if not candidates or pinned + own + need > self.memory_budget:
                 raise OverMemoryBudget(
@@ -470,12 +469,11 @@ class ModelManager:
             # Those taking turns go first: the planned models are the ones worth keeping resident,
             # so while the turn-takers' room would do, a swap waits for their turns to end.
             turns = [s for s in candidates if s.placement and s.placement.extra.get(TURN)]
-            room = self.memory_budget - self.memory_used() + sum(s.memory_bytes for s in turns)
-            pool = turns if turns and room >= need else candidates
+            free = self.memory_budget - self.memory_used()
+            pool = turns if turns and free + sum(s.memory_bytes for s in turns) >= need else candidates
             ripe = [s for s in pool if not protect_recent or s.swappable_at <= now]
             if ripe and protect_recent and (ahead := self._ahead_of(loading.name, now)):
                 raise MemoryFull(f"model '{loading.name}' waits for its turn in memory behind {ahead}", retry_in_s=0.05)
-            free = self.memory_budget - self.memory_used()
             if ripe and protect_recent and free + sum(s.memory_bytes for s in ripe) < need:
                 ripe = []  # evicting those would not make room yet: evict none, wait for more turns to end
             if not ripe:
@@ -517,17 +515,20 @@ class ModelManager:
     def _open_instance(self, backend: Backend, path: Path, group: InstanceGroup, config: ModelConfig,
                        measured: dict[tuple[str, str, int], int]) -> Instance:
         """Open one session and run it once, measuring the resident memory both took."""
+        inputs: dict[str, np.ndarray] | None = None
         try:
-            inputs: dict[str, np.ndarray] | None = warmup_inputs(config)
-        except EdgeplexError:
-            inputs = None
-        prime(backend, path, group.config, inputs)
-        session, opened = measure_held(lambda: backend.open(path, group.config))
-        try:
-            _, warmed = measure_held(lambda: session.run(warmup_inputs(config)))
+            inputs = warmup_inputs(config)
         except EdgeplexError as exc:
             log.info("model %s: warm-up run skipped (%s)", config.name, exc.message)
-            warmed = 0
+        prime(backend, path, group.config, inputs)
+        session, opened = measure_held(lambda: backend.open(path, group.config))
+        warmed = 0
+        if inputs is not None:
+            warm = inputs
+            try:
+                _, warmed = measure_held(lambda: session.run(warm))
+            except EdgeplexError as exc:
+                log.info("model %s: warm-up run skipped (%s)", config.name, exc.message)
         # The backend's own figure, the file's size and earlier loads are floors of the delta.
         key = _memo_key(group.config)
         figure = max(opened + warmed, session.memory_bytes, path.stat().st_size, measured.get(key, 0))
@@ -537,8 +538,13 @@ class ModelManager:
 
 def _growth(placement: ModelPlacement, instances: list[Instance]) -> int:
     """Bytes by which accounting `instances` at `placement`'s profiled figures grows."""
-    planned = {g.config: g.memory_bytes for g in placement.groups if g.memory_bytes > 0}
+    planned = _planned_bytes(placement)
     return sum(max(0, planned.get(i.config, i.memory_bytes) - i.memory_bytes) for i in instances)
+
+
+def _planned_bytes(placement: ModelPlacement) -> dict[ExecutionConfig, int]:
+    """Per config, the profiled bytes of one instance where the placement carries them."""
+    return {g.config: g.memory_bytes for g in placement.groups if g.memory_bytes > 0}
 
 
 def _memo_key(config: ExecutionConfig) -> tuple[str, str, int]:
