@@ -9,45 +9,49 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
 from . import __version__, logs
-from .config import ServerConfig, default_cores
+from .config import LogFormat, LogLevel, LogSettings, Policy, Scheduling, Settings, default_cores, env_name
 from .errors import EdgeplexError
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """One Settings from `serve`'s flags: a flag given wins over its EDGEPLEX_* variable, which wins
+    over the default (a flag not given is None in `args`)."""
+    given = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name, None) is not None}
+    if "api_key_file" in given and "api_key" not in given:
+        given["api_key"] = None  # --api-key-file beats EDGEPLEX_API_KEY, as --api-key does
+    return Settings(**given)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from .engine import Engine
     from .server.app import serve
-    from .server.auth import read_api_key
     from .tuning.allocator import Allocator
     from .tuning.store import ProfileStore, default_store_path
     from .zoo import ZOO, default_zoo_dir, pull
 
-    repository: Path = args.repository
-    if repository is None:
+    settings = settings_from_args(args)
+    if settings.repository is None:
         repository = default_zoo_dir()
         missing = [name for name in ZOO if not (repository / name / "1" / "model.onnx").is_file()]
         if missing:
             print(f"edgeplex: no --repository given; pulling the zoo into {repository}", file=sys.stderr)
             pull(repository, missing, progress=not args.quiet)
-    config = ServerConfig(
-        repository=repository,
-        host=args.host,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        cores=args.cores,
-        max_body_bytes=args.max_body_bytes,
-        max_tensor_elements=args.max_tensor_elements,
-        api_key=read_api_key(args.api_key, args.api_key_file),
-        enable_repository_api=args.enable_repository_api,
-    )
-    engine = Engine(repository, cores=config.cores, memory_budget=args.memory_budget, scheduling=args.scheduling)
-    failures = engine.load_all(args.model or None)
+        settings.repository = repository
+    repository = settings.repository
+    engine = Engine(repository, cores=settings.cores, memory_budget=settings.memory_budget,
+                    scheduling=settings.scheduling)
+    failures = engine.load_all(settings.models or None)
     for name, reason in failures.items():
         logging.getLogger("edgeplex").warning("model %s is not ready: %s", name, reason)
-    store_path = args.profile_store or default_store_path()
-    store = ProfileStore(store_path) if args.policy == "pareto" else None
-    allocator = Allocator(engine, args.policy, store, interval_s=args.replan_seconds)
+    store_path = settings.profile_store or default_store_path()
+    store = ProfileStore(store_path) if settings.policy == "pareto" else None
+    allocator = Allocator(
+        engine, settings.policy, store, interval_s=settings.replan_seconds, min_gain=settings.min_gain,
+        profile_missing=settings.profile_missing, profile_seconds=settings.profile_seconds,
+    )
     # The dashboard's fronts: the store pareto plans with, else one measured before (if any).
     fronts = store
     if fronts is None and store_path.is_file():
@@ -60,12 +64,12 @@ def _serve(args: argparse.Namespace) -> int:
     def started(http_port: int, grpc_port: int) -> None:
         ready = [s.name for s in engine.models() if s.state == "READY"]
         print(
-            f"edgeplex {__version__} ready: HTTP http://{config.host}:{http_port} gRPC {config.host}:{grpc_port} "
+            f"edgeplex {__version__} ready: HTTP http://{settings.host}:{http_port} gRPC {settings.host}:{grpc_port} "
             f"cores={engine.cores} models={','.join(ready)}",
             flush=True,
         )
 
-    asyncio.run(serve(engine, config, drain_seconds=args.drain_seconds, on_started=started,
+    asyncio.run(serve(engine, settings, drain_seconds=settings.drain_seconds, on_started=started,
                       on_stopping=allocator.stop, profiles=fronts))
     return 0
 
@@ -165,42 +169,58 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _help(setting: str) -> str:
+    """A serve option's help, from its Settings field: what it does, its default, its variable."""
+    field = Settings.model_fields[setting]
+    text = field.description or ""
+    if setting == "cores":
+        text += f" (default: {default_cores()}, the cores this process may use)"
+    elif field.default_factory is None and field.default is not None and "(default" not in text:
+        default = field.default
+        shown = ("on" if default else "off") if isinstance(default, bool) else default
+        text += f" (default: {shown})"
+    return f"{text}; env {env_name(setting)}".replace("%", "%%")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgeplex", description="Multi-model inference server for edge devices.")
     parser.add_argument("--version", action="version", version=f"edgeplex {__version__}")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log-format", default="text", choices=["text", "json"],
-                        help="plain lines, or one JSON object per line with each record's fields")
+    parser.add_argument("--log-level", default=None, choices=get_args(LogLevel), help=_help("log_level"))
+    parser.add_argument("--log-format", default=None, choices=get_args(LogFormat), help=_help("log_format"))
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="serve a model repository over KServe V2 (HTTP and gRPC)")
-    serve.add_argument("--repository", type=Path, help="model repository (default: the zoo, pulled if absent)")
-    serve.add_argument("--model", action="append", help="load only this model (repeatable; default: all)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--http-port", type=int, default=8000)
-    serve.add_argument("--grpc-port", type=int, default=8001)
-    serve.add_argument("--cores", type=int, default=default_cores(), help="cores in the budget (default: all)")
-    serve.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024,
-                       help="largest HTTP body (after inflating gzip/deflate) and gRPC message")
-    serve.add_argument("--max-tensor-elements", type=int, default=1 << 26,
-                       help="largest input tensor, in elements (413 / RESOURCE_EXHAUSTED beyond)")
-    serve.add_argument("--api-key", default=None,
-                       help="require this key on every request (Authorization: Bearer KEY or x-api-key); "
-                       "also from EDGEPLEX_API_KEY")
-    serve.add_argument("--api-key-file", type=Path, default=None, help="read the API key from this file")
-    serve.add_argument("--enable-repository-api", action="store_true",
-                       help="allow model load/unload over HTTP and gRPC (off by default)")
-    serve.add_argument("--drain-seconds", type=float, default=10.0)
-    serve.add_argument("--policy", choices=["config", "static", "balance", "pareto"], default="pareto",
-                       help="how models are placed: config (as each model's config says), static (ONNX Runtime "
-                       "defaults), balance (an instance on every backend), pareto (profiles + measured load + "
-                       "feedback; default)")
-    serve.add_argument("--scheduling", choices=["priority", "fifo"], default="priority",
-                       help="request order: priority (priority level, then earliest deadline; default) or fifo")
-    serve.add_argument("--memory-budget", type=_size, default=None, help="e.g. 1GiB; beyond it, LRU models are evicted")
-    serve.add_argument("--profile-store", type=Path, default=None, help="profile database (default: in the cache)")
-    serve.add_argument("--replan-seconds", type=float, default=2.0, help="how often pareto re-plans")
+    # Every serve option defaults to None (not given): Settings then takes its EDGEPLEX_* variable,
+    # else the default stated in config.py.
+    serve = commands.add_parser(
+        "serve", help="serve a model repository over KServe V2 (HTTP and gRPC)",
+        description="Serve a model repository over KServe V2 (HTTP and gRPC). Each option can also be set by "
+        "its EDGEPLEX_* environment variable; a flag given wins over the variable.",
+    )
+    serve.add_argument("--repository", metavar="DIR", type=Path, help=_help("repository"))
+    serve.add_argument("--model", dest="models", action="append", metavar="NAME",
+                       help=_help("models").replace("these models", "this model (repeatable)")
+                       + " (comma-separated)")
+    serve.add_argument("--host", metavar="ADDRESS", help=_help("host"))
+    serve.add_argument("--http-port", metavar="PORT", type=int, help=_help("http_port"))
+    serve.add_argument("--grpc-port", metavar="PORT", type=int, help=_help("grpc_port"))
+    serve.add_argument("--cores", metavar="N", type=int, help=_help("cores"))
+    serve.add_argument("--max-body-bytes", metavar="N", type=int, help=_help("max_body_bytes"))
+    serve.add_argument("--max-tensor-elements", metavar="N", type=int, help=_help("max_tensor_elements"))
+    serve.add_argument("--api-key", metavar="KEY", help=_help("api_key"))
+    serve.add_argument("--api-key-file", metavar="FILE", type=Path, help=_help("api_key_file"))
+    serve.add_argument("--enable-repository-api", action=argparse.BooleanOptionalAction, default=None,
+                       help=_help("enable_repository_api"))
+    serve.add_argument("--drain-seconds", metavar="S", type=float, help=_help("drain_seconds"))
+    serve.add_argument("--policy", choices=get_args(Policy), help=_help("policy"))
+    serve.add_argument("--scheduling", choices=get_args(Scheduling), help=_help("scheduling"))
+    serve.add_argument("--memory-budget", metavar="SIZE", type=_size, help=_help("memory_budget"))
+    serve.add_argument("--profile-store", metavar="PATH", type=Path, help=_help("profile_store"))
+    serve.add_argument("--replan-seconds", metavar="S", type=float, help=_help("replan_seconds"))
+    serve.add_argument("--min-gain", metavar="G", type=float, help=_help("min_gain"))
+    serve.add_argument("--profile-missing", action=argparse.BooleanOptionalAction, default=None,
+                       help=_help("profile_missing"))
+    serve.add_argument("--profile-seconds", metavar="S", type=float, help=_help("profile_seconds"))
     serve.set_defaults(func=_serve)
 
     zoo = commands.add_parser("zoo", help="real trained models from PyPI wheels")
@@ -235,7 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     # gRPC's C core logs at INFO on its own (e.g. around subprocess forks); keep errors only.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     args = build_parser().parse_args(argv)
-    logs.configure(args.log_level, args.log_format)
+    try:  # --log-level / --log-format, else EDGEPLEX_LOG_LEVEL / EDGEPLEX_LOG_FORMAT, else the defaults
+        logging_settings = LogSettings(**{name: value for name in ("log_level", "log_format")
+                                          if (value := getattr(args, name)) is not None})
+    except EdgeplexError as exc:
+        print(f"edgeplex: {exc.message}", file=sys.stderr)
+        return 2
+    logs.configure(logging_settings.log_level, logging_settings.log_format)
     if args.command == "models" and args.repository is None:
         from .zoo import default_zoo_dir
 

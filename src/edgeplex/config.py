@@ -2,17 +2,23 @@
 
 A model's configuration is YAML (`config.yaml`), close in meaning to Triton's `config.pbtxt`,
 which is read too. Dims exclude the batch dimension when `max_batch_size > 0`, as in Triton.
+
+The server's settings (`Settings`, below) are one object for the server, the engine and the
+allocator: each field is also read from an `EDGEPLEX_<FIELD>` environment variable, and its
+default is stated once, here (MLServer's `settings.py`, in spirit).
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigError
 from .tensors import V2_TO_NUMPY
@@ -229,17 +235,203 @@ def default_cores() -> int:
         return os.cpu_count() or 1
 
 
-@dataclass
-class ServerConfig:
-    """Settings of `edgeplex serve`."""
+# -- server settings ------------------------------------------------------------------------------
+# Every default of `edgeplex serve`, stated once. The server, the engine and the allocator read
+# them from here (through `Settings`), and so do other modules that need the same limits.
 
-    repository: Path | None = None
-    host: str = "127.0.0.1"
-    http_port: int = 8000
-    grpc_port: int = 8001
-    cores: int = field(default_factory=default_cores)
-    max_body_bytes: int = 64 * 1024 * 1024  # HTTP bodies (inflated too) and gRPC messages
-    log_level: str = "info"
-    max_tensor_elements: int = 1 << 26  # per input tensor, both protocols
-    api_key: str | None = None  # required on every request when set
-    enable_repository_api: bool = False  # model load/unload over HTTP and gRPC
+Policy = Literal["config", "static", "balance", "pareto"]
+Scheduling = Literal["priority", "fifo"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["text", "json"]
+
+ENV_PREFIX = "EDGEPLEX_"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_GRPC_PORT = 8001
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # HTTP bodies (inflated too) and gRPC messages
+DEFAULT_MAX_TENSOR_ELEMENTS = 1 << 26  # per input tensor, both protocols
+DEFAULT_DRAIN_SECONDS = 10.0
+DEFAULT_POLICY: Policy = "pareto"
+DEFAULT_SCHEDULING: Scheduling = "priority"
+DEFAULT_REPLAN_SECONDS = 2.0
+DEFAULT_MIN_GAIN = 0.10
+DEFAULT_PROFILE_MISSING = True
+DEFAULT_PROFILE_SECONDS = 0.5
+DEFAULT_LOG_LEVEL: LogLevel = "info"
+DEFAULT_LOG_FORMAT: LogFormat = "text"
+MIN_API_KEY_LENGTH = 8
+
+
+def env_name(setting: str) -> str:
+    """The environment variable a setting is read from: `http_port` -> `EDGEPLEX_HTTP_PORT`."""
+    return ENV_PREFIX + setting.upper()
+
+
+def _env_var(setting: str) -> str | None:
+    """The variable (as spelled in the environment) that set `setting`, if one did."""
+    wanted = env_name(setting)
+    return next((key for key, value in os.environ.items() if key.upper() == wanted and value != ""), None)
+
+
+def _settings_problems(exc: ValidationError, given: Mapping[str, Any]) -> str:
+    """One line naming each bad setting, and the environment variable it came from, if any."""
+    problems = []
+    for err in exc.errors():
+        loc = err["loc"]
+        name = str(loc[0]) if loc else ""
+        message = err["msg"].removeprefix("Value error, ")
+        secret = name == "api_key"  # never echo a key
+        if not name:
+            problems.append(message)
+        elif err["type"] == "extra_forbidden":
+            problems.append(f"unknown setting '{name}'")
+        elif name not in given and (var := _env_var(name)) is not None:
+            value = "" if secret else f"={os.environ[var]!r}"
+            problems.append(f"environment variable {var}{value} (setting '{name}'): {message}")
+        else:
+            value = "" if secret else f" = {err['input']!r}"
+            problems.append(f"setting '{'.'.join(str(p) for p in loc)}'{value}: {message}")
+    return "invalid settings: " + "; ".join(problems)
+
+
+def _lower(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+class LogSettings(BaseSettings):
+    """How edgeplex logs: the options every command takes (`--log-level`, `--log-format`)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", env_ignore_empty=True)
+
+    log_level: LogLevel = Field(DEFAULT_LOG_LEVEL, description="least severe level logged")
+    log_format: LogFormat = Field(
+        DEFAULT_LOG_FORMAT, description="plain lines, or one JSON object per line with each record's fields"
+    )
+
+    def __init__(self, **values: Any) -> None:
+        """Keyword values win over `EDGEPLEX_*` variables, which win over the defaults; a bad
+        value raises ConfigError naming the setting and, when it came from one, the variable."""
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(_settings_problems(exc, values)) from None
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _case(cls, value: object) -> object:
+        return _lower(value)
+
+
+class Settings(LogSettings):
+    """Every setting of `edgeplex serve`: the server, the engine and the allocator.
+
+    Each field is also read from `EDGEPLEX_<FIELD>` (e.g. `EDGEPLEX_HTTP_PORT=9000`); keyword
+    values (the command line's flags) win over the environment, which wins over the defaults."""
+
+    # -- what is served
+    repository: Path | None = Field(None, description="model repository (default: the zoo, pulled if absent)")
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="load only these models (default: all)",
+    )
+    # -- server
+    host: str = Field(DEFAULT_HOST, min_length=1, description="address both protocols bind")
+    http_port: int = Field(DEFAULT_HTTP_PORT, ge=0, le=65535, description="KServe V2 HTTP port (0: any free port)")
+    grpc_port: int = Field(DEFAULT_GRPC_PORT, ge=0, le=65535, description="KServe V2 gRPC port (0: any free port)")
+    max_body_bytes: int = Field(
+        DEFAULT_MAX_BODY_BYTES, ge=1, description="largest HTTP body (after inflating gzip/deflate) and gRPC message"
+    )
+    max_tensor_elements: int = Field(
+        DEFAULT_MAX_TENSOR_ELEMENTS, ge=1,
+        description="largest input tensor, in elements (413 / RESOURCE_EXHAUSTED beyond)",
+    )
+    api_key: str | None = Field(
+        None, repr=False,
+        description="require this key on every request (Authorization: Bearer KEY or x-api-key); "
+        f"at least {MIN_API_KEY_LENGTH} characters",
+    )
+    api_key_file: Path | None = Field(None, description="read the API key from this file's first line")
+    enable_repository_api: bool = Field(False, description="allow model load/unload over HTTP and gRPC")
+    drain_seconds: float = Field(
+        DEFAULT_DRAIN_SECONDS, ge=0, description="on SIGINT/SIGTERM, how long in-flight requests may finish"
+    )
+    # -- engine
+    cores: int = Field(default_factory=default_cores, ge=1, description="cores in the budget")
+    memory_budget: int | None = Field(
+        None, gt=0, description="bytes, or a size such as 1GiB; beyond it, least recently used models are evicted "
+        "(default: no budget)",
+    )
+    scheduling: Scheduling = Field(
+        DEFAULT_SCHEDULING, description="request order: priority (priority level, then earliest deadline) or fifo"
+    )
+    # -- allocator
+    policy: Policy = Field(
+        DEFAULT_POLICY,
+        description="how models are placed: config (as each model's config says), static (ONNX Runtime "
+        "defaults), balance (an instance on every backend), pareto (profiles + measured load + feedback)",
+    )
+    profile_store: Path | None = Field(
+        None, description="profile database (default: profiles.sqlite in the cache, $EDGEPLEX_CACHE)"
+    )
+    replan_seconds: float = Field(DEFAULT_REPLAN_SECONDS, gt=0, description="how often pareto re-plans")
+    min_gain: float = Field(
+        DEFAULT_MIN_GAIN, ge=0, description="the predicted relative gain a re-placement must bring to be applied"
+    )
+    profile_missing: bool = Field(
+        DEFAULT_PROFILE_MISSING, description="profile models without stored profiles in the background (pareto)"
+    )
+    profile_seconds: float = Field(
+        DEFAULT_PROFILE_SECONDS, gt=0, description="time limit of each background measurement, in seconds"
+    )
+
+    @field_validator("policy", "scheduling", mode="before")
+    @classmethod
+    def _choice_case(cls, value: object) -> object:
+        return _lower(value)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [name.strip() for name in text.split(",") if name.strip()]
+        return [] if value is None else value
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _memory_budget(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            return None if text.lower() in ("", "none") else parse_bytes(text)
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _api_key(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if len(value) < MIN_API_KEY_LENGTH:
+            raise ValueError(f"the API key must have at least {MIN_API_KEY_LENGTH} characters")
+        return value
+
+    @model_validator(mode="after")
+    def _key_from_file(self) -> Settings:
+        """`api_key_file` gives the key only when `api_key` is not set."""
+        if self.api_key is None and self.api_key_file is not None:
+            path = self.api_key_file
+            try:
+                lines = path.read_text().strip().splitlines()
+            except OSError as exc:
+                raise ValueError(f"API key file {path}: cannot read: {exc.strerror or exc}") from None
+            key = lines[0].strip() if lines else ""
+            if len(key) < MIN_API_KEY_LENGTH:
+                raise ValueError(f"API key file {path}: the key must have at least {MIN_API_KEY_LENGTH} characters")
+            self.api_key = key
+        return self
+
+
+# The name the server and its tests have used for the settings.
+ServerConfig = Settings
