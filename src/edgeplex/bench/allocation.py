@@ -7,12 +7,10 @@ bound cores / sum(1 / best single-core rate), all measured on this machine in th
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +24,20 @@ from . import clients
 from .loadgen import closed_loop
 from .process import ServerProcess, running_server
 from .report import table
-from .scenarios import MIX, _repository_with
+from .repos import repository_with
+from .scenarios import MIX
 from .variants import make_variants
 
 POLICIES = ("static", "balance", "pareto")
 WITH_VARIANTS = "pareto+variants"
 
 
-def _placement(server: ServerProcess) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://{server.http_url}/v2/edgeplex/placement", timeout=10) as response:
-        return dict(json.load(response))
-
-
 def _placements_text(server: ServerProcess) -> dict[str, str]:
+    """Each model's placement, one short line ("2x onnxruntime/t1 + 1x openvino/t1/int8-static")."""
     return {
         m["model"]: " + ".join(f"{g['instances']}x {g['backend']}/t{g['threads']}"
                                + ("" if g["variant"] == "fp32" else f"/{g['variant']}") for g in m["groups"])
-        for m in _placement(server)["models"]
+        for m in server.get_json("/v2/edgeplex/placement")["models"]
     }
 
 
@@ -78,7 +73,7 @@ def _measure(repo: Path, policy: str, store_path: Path, inputs: dict[str, Any], 
 def _variant_repository(store: ProfileStore, cores: int, samples: int) -> Path:
     """The mix's repository with every default variant made, and those within each model's
     `max_fidelity_loss` (the only ones pareto may choose) profiled solo into `store`."""
-    repo = _repository_with(MIX, {})
+    repo = repository_with(MIX, {})
     make_variants(repo, MIX, samples)
     repository = Repository(repo)
     for model in MIX:
@@ -100,7 +95,7 @@ def allocation(duration_s: float = 30.0, clients_per_model: int = 2, settle_s: f
     scratch = Path(tempfile.mkdtemp(prefix="edgeplex-alloc-"))
     store_path = store_path or scratch / "profiles.sqlite"
     store = ProfileStore(store_path)
-    repo = _repository_with(MIX, {})
+    repo = repository_with(MIX, {})
     inputs = {m: example_inputs(m) for m in MIX}
     runs: dict[str, Any] = {}
     try:

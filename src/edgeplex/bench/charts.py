@@ -8,6 +8,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .stats import median_high
+
 Draw = Callable[[Any], None]  # draws on a matplotlib Axes
 
 
@@ -62,7 +64,7 @@ def _multitenancy(result: dict[str, Any]) -> list[Chart]:
         per_round = {k: [sum(m["completed"] for m in r["per_model"]) / r["seconds"] for r in runs[k]] for k in kinds}
         for x, kind in enumerate(kinds):
             axes.scatter([x] * len(per_round[kind]), per_round[kind], color="black", s=10, zorder=3)
-        medians = [sorted(v)[len(v) // 2] for v in per_round.values()]
+        medians = [median_high(v) for v in per_round.values()]
         bars = axes.bar(range(len(kinds)), medians, color=["#9aa5b1", "#c0a36e", "#3b7dd8"][: len(kinds)])
         axes.bar_label(bars, fmt="%.1f", fontsize=8)
         axes.set_xticks(range(len(kinds)), kinds)
@@ -70,8 +72,8 @@ def _multitenancy(result: dict[str, Any]) -> list[Chart]:
 
     def latency(axes: Any) -> None:
         models = [m["model"] for m in runs["concurrent"][0]["per_model"]]
-        series = {kind: [sorted(r["per_model"][i]["p99_ms"] for r in runs[kind])[len(runs[kind]) // 2]
-                         for i in range(len(models))] for kind in runs}
+        series = {kind: [median_high([r["per_model"][i]["p99_ms"] for r in runs[kind]]) for i in range(len(models))]
+                  for kind in runs}
         _grouped_bars(axes, models, series, "p99 latency, ms (median of rounds)")
 
     return [Chart("multitenancy", "Four models at once vs one after another", throughput),

@@ -54,7 +54,7 @@ def _tritonclient(module: Any, url: str) -> SenderFactory:
 
     def factory(model: str, inputs: dict[str, np.ndarray]) -> Sender:
         client = module.InferenceServerClient(url)
-        prepared = _prepared(module, inputs)
+        prepared = prepared_inputs(module, inputs)
 
         def send() -> None:
             client.infer(model, prepared)
@@ -64,8 +64,9 @@ def _tritonclient(module: Any, url: str) -> SenderFactory:
     return factory
 
 
-def _prepared(module: Any, inputs: dict[str, np.ndarray]) -> list[Any]:
-    """tritonclient InferInputs holding `inputs` (binary tensors on both protocols)."""
+def prepared_inputs(module: Any, inputs: dict[str, np.ndarray]) -> list[Any]:
+    """tritonclient InferInputs holding `inputs` (binary tensors on both protocols), made once
+    and sent many times; `module` is tritonclient.grpc or tritonclient.http."""
     prepared = []
     for name, array in inputs.items():
         tensor = module.InferInput(name, list(array.shape), v2_datatype(array.dtype))

@@ -11,6 +11,7 @@ import numpy as np
 
 from .clients import SenderFactory
 from .progress import Progress
+from .stats import percentile
 
 
 @dataclass
@@ -32,7 +33,7 @@ class ModelLoad:
         return self.completed / self.seconds if self.seconds > 0 else 0.0
 
     def percentile(self, q: float) -> float:
-        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+        return percentile(self.latencies_ms, q)
 
     def summary(self) -> dict[str, float | int | str]:
         return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -9,10 +10,14 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from .cpu import process_cpu_seconds
 
 READY_LINE = re.compile(r"ready: HTTP http://(?P<host>[^:]+):(?P<http>\d+) gRPC [^:]+:(?P<grpc>\d+)")
 
@@ -47,6 +52,16 @@ class ServerProcess:
             client.close()
         return sum(int(entry["inference_stats"]["success"]["count"]) for entry in stats)
 
+    def get_json(self, path: str) -> dict[str, Any]:
+        """A JSON object from the server's HTTP endpoint `path` ("/v2/edgeplex/placement")."""
+        with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=10) as response:
+            return dict(json.load(response))
+
+    def get_text(self, path: str) -> str:
+        """A text page from the server's HTTP endpoint `path` ("/metrics")."""
+        with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=10) as response:
+            return str(response.read().decode())
+
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, then wait; returns the exit code (SIGKILL only if it hangs)."""
         if self.process.poll() is None:
@@ -57,13 +72,6 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process, from /proc (Linux)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager

@@ -9,41 +9,19 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..engine import Engine
-from ..zoo import default_zoo_dir, example_inputs, pull
+from ..zoo import example_inputs
 from . import clients
 from .loadgen import closed_loop
 from .process import running_server
 from .report import table
+from .repos import repository_with
+from .stats import median_high
 
 MIX = ("yolov8n", "ppocr_det", "ppocr_rec", "magika")
-
-
-def _repository_with(models: tuple[str, ...], overrides: dict[str, Any]) -> Path:
-    """A temporary repository of zoo models (symlinked files) with config fields overridden."""
-    return repository_of({name: overrides for name in models})
-
-
-def repository_of(configs: dict[str, dict[str, Any]]) -> Path:
-    """A temporary repository of zoo models (symlinked files), each with its own config
-    overrides; a None value is written as null (`dynamic_batching: null` = off)."""
-    zoo = default_zoo_dir()
-    pull(zoo, list(configs), progress=False)
-    root = Path(tempfile.mkdtemp(prefix="edgeplex-bench-"))
-    for name, overrides in configs.items():
-        (root / name / "1").mkdir(parents=True)
-        (root / name / "1" / "model.onnx").symlink_to(zoo / name / "1" / "model.onnx")
-        config = yaml.safe_load((zoo / name / "config.yaml").read_text())
-        config.update(overrides)
-        (root / name / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return root
 
 
 def multitenancy(requests_per_model: int = 120, rounds: int = 3, cores: int | None = None) -> tuple[dict[str, Any], str]:
@@ -59,8 +37,8 @@ def multitenancy(requests_per_model: int = 120, rounds: int = 3, cores: int | No
     """
     inputs = {name: example_inputs(name) for name in MIX}
     per_round = max(2, requests_per_model // rounds)
-    repos = {"concurrency": _repository_with(MIX, {"instance_count": 2, "threads": 1}),
-             "intra_op": _repository_with(MIX, {"instance_count": 1, "threads": 2})}
+    repos = {"concurrency": repository_with(MIX, {"instance_count": 2, "threads": 1}),
+             "intra_op": repository_with(MIX, {"instance_count": 1, "threads": 2})}
     engines = {key: Engine(repo, cores=cores) for key, repo in repos.items()}
     runs: dict[str, list[dict[str, Any]]] = {"sequential": [], "sequential_intra_op": [], "concurrent": []}
     try:
@@ -92,24 +70,21 @@ def multitenancy(requests_per_model: int = 120, rounds: int = 3, cores: int | No
         for repo in repos.values():
             shutil.rmtree(repo, ignore_errors=True)
 
-    def median(values: list[float]) -> float:
-        return round(sorted(values)[len(values) // 2], 3)
-
     results: dict[str, Any] = {"requests_per_model_per_round": per_round, "rounds": rounds, "runs": runs}
     ratios = [s["seconds"] / c["seconds"] for s, c in zip(runs["sequential"], runs["concurrent"])]
     ratios_intra = [s["seconds"] / c["seconds"] for s, c in zip(runs["sequential_intra_op"], runs["concurrent"])]
-    results["ratio_concurrent_vs_sequential"] = median(ratios)
-    results["ratio_concurrent_vs_sequential_intra_op"] = median(ratios_intra)
+    results["ratio_concurrent_vs_sequential"] = round(median_high(ratios), 3)
+    results["ratio_concurrent_vs_sequential_intra_op"] = round(median_high(ratios_intra), 3)
     results["ratios_per_round"] = [round(r, 3) for r in ratios]
     rows = []
     for key, label in (("sequential", "sequential (2x1-thread instances)"),
                        ("sequential_intra_op", "sequential (1x2-thread instance)"),
                        ("concurrent", "concurrent (2x1-thread instances)")):
-        seconds = [run["seconds"] for run in runs[key]]
+        seconds = round(median_high([run["seconds"] for run in runs[key]]), 3)
         requests = sum(row["completed"] for row in runs[key][0]["per_model"])
         errors = sum(row["errors"] for run in runs[key] for row in run["per_model"])
-        rows.append({"run": label, "median s/round": median(seconds), "requests/round": requests,
-                     "req/s": round(requests / median(seconds), 2), "errors": errors})
+        rows.append({"run": label, "median s/round": seconds, "requests/round": requests,
+                     "req/s": round(requests / seconds, 2), "errors": errors})
     text = "\n".join([
         "## Multi-tenancy: four models concurrently vs one after another",
         "",
@@ -142,12 +117,9 @@ def overhead(models: tuple[str, ...] = MIX, concurrency: int = 4, duration_s: fl
         analyzer_problem = ""
     except PerfAnalyzerUnavailable as exc:
         analyzer, analyzer_problem = None, str(exc)
-    repo = _repository_with(models, {"instance_count": instance_count, "threads": 1})
+    repo = repository_with(models, {"instance_count": instance_count, "threads": 1})
     window_s = duration_s / rounds
     rows: list[dict[str, Any]] = []
-
-    def median(values: list[float]) -> float:
-        return sorted(values)[len(values) // 2] if values else float("nan")
 
     try:
         for model in models:
@@ -189,17 +161,17 @@ def overhead(models: tuple[str, ...] = MIX, concurrency: int = 4, duration_s: fl
             base = runs["inprocess"]
             rows.append({
                 "model": model,
-                "inprocess_rps": round(median(base), 2),
-                "pa_grpc_rps": round(median(runs["pa"]), 2),
-                "pa_ratio": round(median([r / b for r, b in zip(runs["pa"], base)]), 3),
-                "py_grpc_rps": round(median(runs["py"]), 2),
-                "py_ratio": round(median([r / b for r, b in zip(runs["py"], base)]), 3),
-                "inprocess_p50_ms": round(median(p50["inprocess"]), 2),
-                "pa_grpc_p50_ms": round(median(p50["pa"]), 2),
-                "py_grpc_p50_ms": round(median(p50["py"]), 2),
-                "inprocess_cpu_ms": round(median(cpu_ms["inprocess"]), 2),
-                "server_cpu_ms": round(median(cpu_ms["server"]), 2),
-                "server_cpu_efficiency": round(median(cpu_ms["inprocess"]) / median(cpu_ms["server"]), 3)
+                "inprocess_rps": round(median_high(base), 2),
+                "pa_grpc_rps": round(median_high(runs["pa"]), 2),
+                "pa_ratio": round(median_high([r / b for r, b in zip(runs["pa"], base)]), 3),
+                "py_grpc_rps": round(median_high(runs["py"]), 2),
+                "py_ratio": round(median_high([r / b for r, b in zip(runs["py"], base)]), 3),
+                "inprocess_p50_ms": round(median_high(p50["inprocess"]), 2),
+                "pa_grpc_p50_ms": round(median_high(p50["pa"]), 2),
+                "py_grpc_p50_ms": round(median_high(p50["py"]), 2),
+                "inprocess_cpu_ms": round(median_high(cpu_ms["inprocess"]), 2),
+                "server_cpu_ms": round(median_high(cpu_ms["server"]), 2),
+                "server_cpu_efficiency": round(median_high(cpu_ms["inprocess"]) / median_high(cpu_ms["server"]), 3)
                 if cpu_ms["server"] else float("nan"),
                 "errors": len(errors),
                 "rounds": {key: [round(v, 2) for v in values] for key, values in runs.items()},

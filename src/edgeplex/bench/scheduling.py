@@ -16,21 +16,16 @@
 Every server runs `--policy config`, so placements are what the configs say in every run. The
 compared servers are started together and the runs alternate over rounds; figures are medians
 of per-round ratios (and percentiles pooled over the rounds, for the tails). One module for the
-three, as they share the open-loop generator and the statistics readers.
+three, as they share their servers' set-up and the way the compared runs alternate.
 """
 
 from __future__ import annotations
 
-import json
 import multiprocessing
-import os
 import shutil
-import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +33,14 @@ import numpy as np
 
 from ..zoo import default_zoo_dir, example_inputs
 from . import clients
-from .loadgen import ModelLoad, closed_loop
+from .cpu import foreign_cpu
+from .loadgen import closed_loop
+from .openloop import Stream, open_loop
 from .process import ServerProcess, running_server
 from .report import table
-from .scenarios import repository_of
+from .repos import repository_of
+from .stats import median_high, percentile, rounded_ratio
+from .watch import StatsDelta, watching
 
 PROTECTED = "ppocr_det"
 BACKGROUND = ("yolov8n", "ppocr_rec", "magika")
@@ -57,182 +56,12 @@ SCENARIOS = ("isolation", "deadlines", "batching")
 DISTURBED_CORES = 0.3
 
 
-def _repository(configs: dict[str, dict[str, Any]]) -> Path:
-    """A temporary repository of zoo models, each with its own overrides (None is written as
-    null: `slo_ms: null` = no deadline, `dynamic_batching: null` = off)."""
-    return repository_of(configs)
-
-
 @contextmanager
 def _servers(repo: Path, cores: int | None, modes: tuple[str, ...] = MODES) -> Iterator[dict[str, ServerProcess]]:
     """One `edgeplex serve --policy config` per scheduling mode, all loaded at once."""
     with ExitStack() as stack:
         yield {mode: stack.enter_context(running_server(repo, "--policy", "config", "--scheduling", mode, cores=cores))
                for mode in modes}
-
-
-def _model_stats(server: ServerProcess, model: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://{server.http_url}/v2/models/{model}/stats", timeout=10) as response:
-        entries = json.load(response)["model_stats"]
-    return dict(entries[0]) if entries else {}
-
-
-@dataclass
-class StatsDelta:
-    """What the server says it did for one model during a window (Triton statistics, diffed)."""
-
-    queue_ms: float = float("nan")  # mean wait from admission to compute (queue + cores)
-    compute_ms: float = float("nan")  # mean compute time per execution
-    executions: int = 0
-    mean_batch: float = float("nan")
-
-    @classmethod
-    def between(cls, before: dict[str, Any], after: dict[str, Any]) -> StatsDelta:
-        def duration(stats: dict[str, Any], key: str) -> tuple[int, int]:
-            entry = stats.get("inference_stats", {}).get(key, {"count": 0, "ns": 0})
-            return int(entry["count"]), int(entry["ns"])
-
-        def batches(stats: dict[str, Any]) -> dict[int, int]:
-            return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats.get("batch_stats", [])}
-
-        (q1, qn1), (q0, qn0) = duration(after, "queue"), duration(before, "queue")
-        sizes0, sizes1 = batches(before), batches(after)
-        runs = {size: count - sizes0.get(size, 0) for size, count in sizes1.items()}
-        executions = sum(runs.values())
-        infer_ns = sum(int(b["compute_infer"]["ns"]) for b in after.get("batch_stats", [])) - sum(
-            int(b["compute_infer"]["ns"]) for b in before.get("batch_stats", []))
-        return cls(
-            queue_ms=(qn1 - qn0) / (q1 - q0) / 1e6 if q1 > q0 else float("nan"),
-            compute_ms=infer_ns / executions / 1e6 if executions else float("nan"),
-            executions=executions,
-            mean_batch=sum(size * n for size, n in runs.items()) / executions if executions else float("nan"),
-        )
-
-
-@contextmanager
-def _watching(server: ServerProcess, models: tuple[str, ...], into: dict[str, StatsDelta]) -> Iterator[None]:
-    before = {m: _model_stats(server, m) for m in models}
-    yield
-    into.update({m: StatsDelta.between(before[m], _model_stats(server, m)) for m in models})
-
-
-def _cpu_snapshot() -> tuple[float, float, float, float]:
-    """(wall seconds, CPU seconds the whole box has used, CPU seconds of this process and its
-    descendants: the bench, its helper and its servers, CPU seconds the hypervisor stole), from
-    /proc (Linux)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    with open("/proc/stat") as stat:
-        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in stat.readline().split()[1:9])
-    parent: dict[int, int] = {}
-    used: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:  # exited meanwhile
-            continue
-        parent[int(entry.name)], used[int(entry.name)] = int(fields[1]), int(fields[11]) + int(fields[12])
-    ours, frontier = set(), [os.getpid()]
-    while frontier:
-        pid = frontier.pop()
-        ours.add(pid)
-        frontier += [child for child, ppid in parent.items() if ppid == pid and child not in ours]
-    return (time.monotonic(), (user + nice + system + irq + softirq) / tick, sum(used.get(p, 0) for p in ours) / tick,
-            steal / tick)
-
-
-@contextmanager
-def _foreign_cpu(into: dict[str, Any]) -> Iterator[None]:
-    """Cores used on average by processes that are not this benchmark's, while the block runs:
-    the shared machine's disturbance, recorded with the figures it may have moved (with the time
-    the hypervisor gave this machine's cores to others)."""
-    wall0, box0, ours0, steal0 = _cpu_snapshot()
-    yield
-    wall1, box1, ours1, steal1 = _cpu_snapshot()
-    into["foreign_cores"] = round(max(0.0, (box1 - box0) - (ours1 - ours0)) / (wall1 - wall0), 2)
-    into["stolen_cores"] = round((steal1 - steal0) / (wall1 - wall0), 2)
-
-
-@dataclass
-class Stream:
-    """An open-loop request stream: `rate` requests per second at fixed intervals."""
-
-    model: str
-    rate: float
-    timeout_us: int | None = None  # None = the model's slo_ms, if any
-    deadline_ms: float = float("inf")  # what counts as answered in time
-    label: str = ""
-    load: ModelLoad = field(init=False)
-    sent: int = 0
-    send_lag_ms: list[float] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.load = ModelLoad(self.model, 1)
-
-
-def open_loop(url: str, streams: list[Stream], inputs: dict[str, dict[str, np.ndarray]], duration_s: float,
-              drain_s: float = 30.0) -> None:
-    """Send every stream at its rate for `duration_s` (asynchronous tritonclient.grpc calls, so a
-    slow answer never delays the next send); latency is from send to answer."""
-    import tritonclient.grpc as grpcclient
-
-    gate = threading.Barrier(len(streams))
-
-    def run(stream: Stream) -> None:
-        try:
-            client = grpcclient.InferenceServerClient(url)
-            prepared = clients._prepared(grpcclient, inputs[stream.model])
-        except Exception as exc:  # a stream that cannot start is an error, not a hang
-            stream.load.errors.append(f"setup: {type(exc).__name__}: {exc}"[:200])
-            gate.wait()
-            return
-        lock, idle = threading.Lock(), threading.Condition()
-        outstanding = 0
-
-        def answered(sent_at: float, result: Any, error: Any) -> None:
-            nonlocal outstanding
-            elapsed = (time.perf_counter() - sent_at) * 1000
-            with lock:
-                if error is not None:
-                    stream.load.errors.append(str(error)[:200])
-                else:
-                    stream.load.latencies_ms.append(elapsed)
-            with idle:
-                outstanding -= 1
-                idle.notify_all()
-
-        for _ in range(2):  # warm the channel, outside the measured window
-            try:
-                client.infer(stream.model, prepared)
-            except Exception:  # a refused warm-up (deadline, overload) still warms the channel
-                pass
-        gate.wait()
-        began = time.perf_counter()
-        for k in range(int(duration_s * stream.rate)):
-            due = began + k / stream.rate
-            if (wait := due - time.perf_counter()) > 0:
-                time.sleep(wait)
-            now = time.perf_counter()
-            stream.send_lag_ms.append((now - due) * 1000)
-            with idle:
-                outstanding += 1
-            try:
-                client.async_infer(stream.model, prepared, lambda result, error, t=now: answered(t, result, error),
-                                   timeout=stream.timeout_us)
-            except Exception as exc:  # not sent: counted, and not waited for
-                answered(now, None, exc)
-            stream.sent += 1
-        stream.load.seconds = time.perf_counter() - began
-        with idle:
-            idle.wait_for(lambda: outstanding == 0, timeout=drain_s)
-        client.close()
-
-    threads = [threading.Thread(target=run, args=(s,), daemon=True) for s in streams]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
 
 
 def _background(url: str, per_model: dict[str, int], duration_s: float) -> dict[str, dict[str, Any]]:
@@ -243,24 +72,12 @@ def _background(url: str, per_model: dict[str, int], duration_s: float) -> dict[
 
 
 def _error_kinds(errors: list[str]) -> dict[str, int]:
+    """A stream's failed requests by gRPC status: refused on its deadline, overload, or other."""
     kinds: dict[str, int] = {}
     for text in errors:
         kind = next((k for k in ("DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "UNAVAILABLE") if k in text), "other")
         kinds[kind] = kinds.get(kind, 0) + 1
     return kinds
-
-
-def _pct(values: list[float], q: float) -> float:
-    return round(float(np.percentile(values, q)), 2) if values else float("nan")
-
-
-def _median(values: list[float]) -> float:
-    finite = sorted(v for v in values if v == v)
-    return round(finite[len(finite) // 2], 3) if finite else float("nan")
-
-
-def _ratio(a: float, b: float) -> float:
-    return round(a / b, 3) if b and a == a and b == b else float("nan")
 
 
 def _alternating(servers: dict[str, ServerProcess], index: int) -> list[tuple[str, ServerProcess]]:
@@ -302,7 +119,7 @@ def isolation(servers: dict[str, ServerProcess], inputs: dict[str, dict[str, np.
                     pending = helper.apply_async(_background, (server.grpc_url, dict.fromkeys(BACKGROUND, 2),
                                                                duration_s + 3.0))
                     time.sleep(2.0)
-                with _watching(server, (PROTECTED,), deltas):
+                with watching(server, (PROTECTED,), deltas):
                     open_loop(server.grpc_url, [stream], inputs, duration_s)
                 if pending is not None:
                     background[mode].append(pending.get(timeout=duration_s + 120))
@@ -311,7 +128,7 @@ def isolation(servers: dict[str, ServerProcess], inputs: dict[str, dict[str, np.
                 errors[mode] += len(stream.load.errors)
                 lag += stream.send_lag_ms
                 for q in (50, 95, 99):
-                    row[f"{mode}_{phase}_p{q}"] = _pct(stream.load.latencies_ms, q)
+                    row[f"{mode}_{phase}_p{q}"] = round(percentile(stream.load.latencies_ms, q), 2)
                 row[f"{mode}_{phase}_slowest"] = [round(v, 1) for v in sorted(stream.load.latencies_ms)[-3:]]
         per_round.append(row)
 
@@ -323,24 +140,25 @@ def isolation(servers: dict[str, ServerProcess], inputs: dict[str, dict[str, np.
     for mode in servers:
         solo, loaded = samples[mode]["solo"], samples[mode]["loaded"]
         modes[mode] = {
-            "solo_p50_ms": _pct(solo, 50), "solo_p99_ms": _pct(solo, 99),
-            "loaded_p50_ms": _pct(loaded, 50), "loaded_p99_ms": _pct(loaded, 99),
-            **{f"p{q}_ratio": _median([_ratio(r[f"{mode}_loaded_p{q}"], r[f"{mode}_solo_p{q}"]) for r in per_round])
-               for q in (50, 95, 99)},
-            "p99_ratio_pooled": _ratio(_pct(loaded, 99), _pct(solo, 99)),
+            "solo_p50_ms": round(percentile(solo, 50), 2), "solo_p99_ms": round(percentile(solo, 99), 2),
+            "loaded_p50_ms": round(percentile(loaded, 50), 2), "loaded_p99_ms": round(percentile(loaded, 99), 2),
+            **{f"p{q}_ratio": round(median_high([rounded_ratio(r[f"{mode}_loaded_p{q}"], r[f"{mode}_solo_p{q}"])
+                                                 for r in per_round]), 3) for q in (50, 95, 99)},
+            "p99_ratio_pooled": rounded_ratio(round(percentile(loaded, 99), 2), round(percentile(solo, 99), 2)),
             "requests": {"solo": len(solo), "loaded": len(loaded)}, "errors": errors[mode],
             # Server-side means of the protected model: waiting (queue + cores) vs computing.
             "server_queue_ms": {p: mean([d.queue_ms for d in decomposition[mode][p]]) for p in ("solo", "loaded")},
             "server_compute_ms": {p: mean([d.compute_ms for d in decomposition[mode][p]]) for p in ("solo", "loaded")},
             "client_mean_ms": {"solo": mean(solo), "loaded": mean(loaded)},
-            "background_rps": {m: _median([b[m]["throughput"] for b in background[mode]]) for m in BACKGROUND},
+            "background_rps": {m: round(median_high([b[m]["throughput"] for b in background[mode]]), 3)
+                               for m in BACKGROUND},
             "background_errors": sum(b[m]["errors"] for b in background[mode] for m in BACKGROUND),
         }
         # What neither the queue nor the run explains: transport, the server's event loop, the client.
         modes[mode]["other_ms"] = {p: round(modes[mode]["client_mean_ms"][p] - modes[mode]["server_queue_ms"][p]
                                             - modes[mode]["server_compute_ms"][p], 2) for p in ("solo", "loaded")}
     return {"rate": rate, "duration_s": duration_s, "rounds": rounds, "modes": modes, "per_round": per_round,
-            "send_lag_p99_ms": _pct(lag, 99)}
+            "send_lag_p99_ms": round(percentile(lag, 99), 2)}
 
 
 def deadlines(servers: dict[str, ServerProcess], inputs: dict[str, dict[str, np.ndarray]], slo_ms: dict[str, float],
@@ -369,8 +187,8 @@ def deadlines(servers: dict[str, ServerProcess], inputs: dict[str, dict[str, np.
             sent = sum(stream.sent for stream in streams)
             met[mode].append(ok / sent if sent else float("nan"))
     result: dict[str, Any] = {"rates": rates, "met_per_round": {m: [round(v, 3) for v in met[m]] for m in servers},
-                              "met": {m: _median(met[m]) for m in servers}, "counts": counts}
-    result["edf_vs_fifo"] = _ratio(result["met"]["priority"], result["met"]["fifo"])
+                              "met": {m: round(median_high(met[m]), 3) for m in servers}, "counts": counts}
+    result["edf_vs_fifo"] = rounded_ratio(result["met"]["priority"], result["met"]["fifo"])
     return result
 
 
@@ -384,17 +202,17 @@ def batching(servers: dict[str, ServerProcess], inputs: dict[str, dict[str, np.n
         for index in range(rounds):
             for arm, server in _alternating(servers, index):
                 deltas: dict[str, StatsDelta] = {}
-                with _watching(server, (model,), deltas):
+                with watching(server, (model,), deltas):
                     load = closed_loop(clients.grpc(server.grpc_url), {model: inputs[model]}, {model: concurrency},
                                        duration_s=duration_s)[model]
                 runs[arm].append({**load.summary(), "mean_batch": round(deltas[model].mean_batch, 2),
                                   "compute_ms": round(deltas[model].compute_ms, 2)})
-        rows[model] = {arm: {key: _median([r[key] for r in runs[arm]])
+        rows[model] = {arm: {key: round(median_high([r[key] for r in runs[arm]]), 3)
                              for key in ("throughput", "p50_ms", "p99_ms", "mean_batch", "compute_ms")}
                        | {"errors": sum(r["errors"] for r in runs[arm]),
                           "throughput_per_round": [r["throughput"] for r in runs[arm]],
-                          "ratio": _median([_ratio(r["throughput"], b["throughput"])
-                                            for r, b in zip(runs[arm], runs[baseline])])}
+                          "ratio": round(median_high([rounded_ratio(r["throughput"], b["throughput"])
+                                                      for r, b in zip(runs[arm], runs[baseline])]), 3)}
                        for arm in servers}
     return {"concurrency": concurrency, "duration_s": duration_s, "rounds": rounds, "baseline": baseline,
             "models": rows}
@@ -421,7 +239,7 @@ def batch_scaling(models: tuple[str, ...], sizes: tuple[int, ...] = (1, 4, 8), s
                 session.run(None, feed)
                 n += 1
             rates[size] = round(n * size / (time.perf_counter() - began), 1)
-        out[model] = {"samples_per_s": rates, "gain_at_largest": _ratio(rates[sizes[-1]], rates[sizes[0]])}
+        out[model] = {"samples_per_s": rates, "gain_at_largest": rounded_ratio(rates[sizes[-1]], rates[sizes[0]])}
     return out
 
 
@@ -447,13 +265,13 @@ def scheduling(duration_s: float = 8.0, rounds: int = 3, rate: float = 15.0,
     helper = multiprocessing.get_context("spawn").Pool(1)
     try:
         helper.apply(_warm)
-        repos.append(_repository(iso_configs))
+        repos.append(repository_of(iso_configs))
         with _servers(repos[-1], cores) as servers:
             # Each server once alone per model: warms both alike; the priority one's p50s make the SLOs.
             solos = {mode: _solo_p50(server, {m: inputs[m] for m in MIX}, min(2.0, duration_s / 4))
                      for mode, server in servers.items()}
             solo = solos["priority"]
-            with _foreign_cpu(disturbance := dict[str, Any]()):
+            with foreign_cpu(disturbance := dict[str, Any]()):
                 result["isolation"] = isolation(servers, inputs, helper, rate, duration_s, rounds)
             result["isolation"].update(disturbance)
         result["isolation"]["solo_p50_ms"] = solos
@@ -467,9 +285,9 @@ def scheduling(duration_s: float = 8.0, rounds: int = 3, rate: float = 15.0,
         slo = {m: round(SLO_FACTORS[m] * solo[m], 1) for m in MIX}
         dl_configs = {m: {**no_batching, "priority": 1, "instance_count": 1, "slo_ms": slo[m],
                           "timeout_action": "reject"} for m in MIX}
-        repos.append(_repository(dl_configs))
+        repos.append(repository_of(dl_configs))
         levels = []
-        with _servers(repos[-1], cores) as servers, _foreign_cpu(disturbance := dict[str, Any]()):
+        with _servers(repos[-1], cores) as servers, foreign_cpu(disturbance := dict[str, Any]()):
             _warm_up(servers, {m: inputs[m] for m in MIX})
             for overload in overloads:
                 rates = dict.fromkeys(MIX, round(overload * result["cores"] * 1000 / sum(solo.values()), 1))
@@ -484,10 +302,10 @@ def scheduling(duration_s: float = 8.0, rounds: int = 3, rate: float = 15.0,
         with ExitStack() as stack:
             servers = {}
             for arm, batcher in arms.items():
-                repos.append(_repository(dict.fromkeys(BATCHING_MODELS, {**base, "dynamic_batching": batcher})))
+                repos.append(repository_of(dict.fromkeys(BATCHING_MODELS, {**base, "dynamic_batching": batcher})))
                 servers[arm] = stack.enter_context(running_server(repos[-1], "--policy", "config", cores=cores))
             _warm_up(servers, {m: inputs[m] for m in BATCHING_MODELS})
-            with _foreign_cpu(disturbance := dict[str, Any]()):
+            with foreign_cpu(disturbance := dict[str, Any]()):
                 result["batching"] = batching(servers, inputs, BATCHING_MODELS, concurrency, duration_s / 2, rounds)
                 scaling = batch_scaling(("magika", "ppocr_cls", "yolov8n"))  # the servers idle meanwhile
         result["batching"].update(config=base, arms=arms, inprocess_batch_scaling=scaling, **disturbance)

@@ -18,9 +18,11 @@ import numpy as np
 from ..zoo import example_inputs
 from . import clients
 from .loadgen import closed_loop
+from .memory import rss_bytes
 from .process import ServerProcess, running_server
 from .report import table
-from .scenarios import MIX, _repository_with
+from .repos import repository_with
+from .scenarios import MIX
 
 SENDERS_PER_MODEL = 3  # paced senders per model: a late answer does not hold up the schedule
 
@@ -32,12 +34,6 @@ class _Trace:
     sent_s: list[float] = field(default_factory=list)
     latency_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        line = next(line for line in status if line.startswith("VmRSS:"))
-    return int(line.split()[1]) * 1024
 
 
 def _paced(server: ServerProcess, model: str, inputs: dict[str, np.ndarray], rate: float, duration_s: float,
@@ -70,7 +66,7 @@ def soak(duration_s: float = 600.0, load: float = 0.8, warmup_s: float = 60.0, c
          window_s: float = 60.0, cores: int | None = None) -> tuple[dict[str, Any], str]:
     """Run the soak; returns the result and its Markdown report."""
     inputs = {name: example_inputs(name) for name in MIX}
-    repo = _repository_with(MIX, {})
+    repo = repository_with(MIX, {})
     with running_server(repo, "--policy", "pareto", cores=cores) as server:
         settle = closed_loop(clients.grpc(server.grpc_url), inputs, {m: 2 for m in MIX}, duration_s=8.0)
         measured = closed_loop(clients.grpc(server.grpc_url), inputs, {m: 2 for m in MIX}, duration_s=capacity_s)

@@ -18,13 +18,10 @@ and what they buy the four-model mix under a memory budget too small for its fp3
 
 from __future__ import annotations
 
-import json
-import re
 import shutil
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,11 +36,16 @@ from ..tuning.store import Failure, ProfileStore, file_hash, machine_id
 from ..tuning.variants import DEFAULT_VARIANTS, VariantError, VariantInfo, optimize_model, variant_files
 from ..zoo import ZOO, example_inputs
 from . import clients
+from .cpu import foreign_cpu, process_cpu_seconds
 from .loadgen import closed_loop
-from .process import ServerProcess, process_cpu_seconds, running_server
-from .scenarios import MIX, _repository_with
-from .scheduling import _foreign_cpu
+from .memory import rss_bytes
+from .process import ServerProcess, running_server
+from .repos import repository_with
+from .scenarios import MIX
+from .serverlog import error_kinds, installed, problems
+from .stats import median, ratio
 from .variants_report import CHURN, plot_mix, plot_variants, render
+from .watch import ChurnWatch
 
 BACKENDS = ("onnxruntime", "openvino")
 BUDGET_FRACTION = 0.65  # of the four fp32 models' smallest resident memory, one instance each
@@ -52,21 +54,6 @@ PLAN_SHARE = 0.8  # pareto plans within this share of the budget (tuning.allocat
 
 def _log(message: str) -> None:
     print(f"bench variants: {message}", file=sys.stderr, flush=True)
-
-
-def ratio(a: float, b: float) -> float | None:
-    """a / b; None when both are 0 (nothing to compare), inf when only b is."""
-    if b == 0:
-        return None if a == 0 else float("inf")
-    return a / b
-
-
-def _median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 # --- step 1: variants and their solo profiles ----------------------------------------------------
@@ -200,82 +187,10 @@ def choose_budgets(profiles: Mapping[str, Sequence[Profile]], slo_ms: Mapping[st
     return Budgets(fp32, dict(accounted or {}), smallest, admissible, fraction, tight, plannable)
 
 
-def _get_json(server: ServerProcess, path: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://{server.http_url}{path}", timeout=10) as response:
-        return dict(json.load(response))
-
-
-def _rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _counters(server: ServerProcess) -> dict[str, dict[str, float]]:
-    """Per-model counters from /metrics: reloads and placements installed. A model evicted at the
-    moment of the scrape has no series (they are per loaded version); the caller keeps the last seen."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://{server.http_url}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    found: dict[str, dict[str, float]] = {"reloads": {}, "placement_changes": {}}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "edgeplex_model_reload_total":
-                model = sample.labels["model"]
-                found["reloads"][model] = found["reloads"].get(model, 0.0) + sample.value
-            elif sample.name == "edgeplex_placement_changes_total":
-                found["placement_changes"][sample.labels["model"]] = sample.value
-    return found
-
-
-class Watch:
-    """Churn of one server between calls of `delta`: reloads on request and placements installed
-    (/metrics; a model evicted at the moment of a scrape keeps its last value) and evictions and
-    failed swaps or reloads (its log lines)."""
-
-    def __init__(self, server: ServerProcess, models: Sequence[str]) -> None:
-        self.server = server
-        self.models = models
-        self.seen: dict[str, dict[str, float]] = {"reloads": dict.fromkeys(models, 0.0),
-                                                  "placement_changes": dict.fromkeys(models, 0.0)}
-        self.lines = 0
-
-    def delta(self) -> dict[str, dict[str, int]]:
-        before = {k: dict(v) for k, v in self.seen.items()}
-        for key, values in _counters(self.server).items():
-            for model, value in values.items():
-                if model in self.seen[key]:
-                    self.seen[key][model] = max(self.seen[key][model], value)
-        lines = list(self.server.output)
-        self.lines, new = len(lines), lines[self.lines:]
-        out = {key: {m: int(self.seen[key][m] - before[key][m]) for m in self.models} for key in self.seen}
-        out["evictions"] = {m: sum(1 for line in new if f"model {m} evicted" in line) for m in self.models}
-        out["failed_swaps"] = {m: sum(1 for line in new if f"placement of {m} failed" in line
-                                      or f"model {m} could not" in line or f"model {m} failed to load" in line)
-                               for m in self.models}
-        return out
-
-
-_READY = re.compile(r"model (?P<model>\S+) ready: versions [^,]+, (?P<groups>.+?), (?P<mb>[0-9.]+) MB \(")
-
-
-def installed(lines: Sequence[str]) -> dict[str, str]:
-    """What each model last had installed, from the manager's "model M ready: ..." log lines."""
-    found: dict[str, str] = {}
-    for line in lines:
-        match = _READY.search(line)
-        if match:
-            found[match["model"]] = match["groups"]
-    return found
-
-
 def _in_use(server: ServerProcess, model: str) -> list[str] | None:
     """The variants a model's instances run now (model metadata; None while it is not loaded)."""
     try:
-        parameters = _get_json(server, f"/v2/models/{model}").get("parameters", {})
+        parameters = server.get_json(f"/v2/models/{model}").get("parameters", {})
     except OSError:
         return None
     return sorted(parameters.get("in_use", [])) if isinstance(parameters, dict) else None
@@ -284,10 +199,10 @@ def _in_use(server: ServerProcess, model: str) -> list[str] | None:
 def _placement(server: ServerProcess, models: Sequence[str] = MIX) -> dict[str, Any]:
     """The placement endpoint, condensed, beside what is really installed (the manager's log and
     the model metadata's variants in use) and the server's resident set beside its accounting."""
-    report = _get_json(server, "/v2/edgeplex/placement")
+    report = server.get_json("/v2/edgeplex/placement")
     now = installed(list(server.output))
     out: dict[str, Any] = {"memory_budget": report.get("memory_budget"), "memory_used": report.get("memory_used"),
-                           "server_rss": _rss(server.process.pid), "models": {}}
+                           "server_rss": rss_bytes(server.process.pid), "models": {}}
     for m in report["models"]:
         if m["model"] not in models:
             continue
@@ -302,49 +217,21 @@ def _placement(server: ServerProcess, models: Sequence[str] = MIX) -> dict[str, 
     return out
 
 
-def error_kinds(lines: Sequence[str]) -> dict[str, int]:
-    """The server's ERROR records by kind (logger and message, numbers masked), with their counts;
-    a traceback's last line stands for an "allocator step failed"."""
-    kinds: dict[str, int] = {}
-    pending = ""
-    for line in [*lines, "0000-00-00 end"]:
-        if re.match(r"\d{4}-\d\d-\d\d ", line):
-            if pending:
-                kinds[pending] = kinds.get(pending, 0) + 1
-            _, _, message = line.partition(" ERROR ")
-            pending = re.sub(r"-?\d+(?:\.\d+)?", "#", message)[:110] if " ERROR " in line else ""
-        elif pending.endswith("step failed") and re.match(r"\w+Error: ", line):
-            pending += ": " + re.sub(r"-?\d+(?:\.\d+)?", "#", line)[:60]
-    return kinds
-
-
-def _problems(lines: Sequence[str], limit: int = 40) -> list[str]:
-    """The server's ERROR lines with their tracebacks (the lines up to the next log record)."""
-    kept: list[str] = []
-    inside = False
-    for line in lines:
-        record = bool(re.match(r"\d{4}-\d\d-\d\d ", line))
-        inside = ("ERROR" in line) if record else inside
-        if inside:
-            kept.append(line[:400])
-    return kept[-limit:]
-
-
-def _window(server: ServerProcess, watch: Watch, inputs: dict[str, Any], clients_per_model: int,
+def _window(server: ServerProcess, watch: ChurnWatch, inputs: dict[str, Any], clients_per_model: int,
             duration_s: float, partner: ServerProcess | None = None) -> dict[str, Any]:
     """One measured window of the equal-share closed loop; with the cores used meanwhile by other
     processes than this benchmark's and by the idle `partner` server (disturbance)."""
     idle = watch.delta()  # since this server's previous window: the allocator acts between windows too
     partner_cpu = process_cpu_seconds(partner.process.pid) if partner is not None else 0.0
     started = time.monotonic()
-    with _foreign_cpu(disturbance := dict[str, Any]()):
+    with foreign_cpu(disturbance := dict[str, Any]()):
         loads = closed_loop(clients.grpc(server.grpc_url), inputs, dict.fromkeys(inputs, clients_per_model),
                             duration_s=duration_s)
     if partner is not None:
         disturbance["partner_cores"] = round((process_cpu_seconds(partner.process.pid) - partner_cpu)
                                              / (time.monotonic() - started), 3)
     during = watch.delta()
-    stats = _get_json(server, "/v2/models/stats")["model_stats"]  # Triton's statistics: loaded models only
+    stats = server.get_json("/v2/models/stats")["model_stats"]  # Triton's statistics: loaded models only
     per_model = {m: load.summary() for m, load in loads.items()}
     return {"sustained": round(min(load.throughput for load in loads.values()), 2),
             "total": round(sum(load.throughput for load in loads.values()), 2),
@@ -370,10 +257,10 @@ def reference_run(repo: Path, store_path: Path, duration_s: float, clients_per_m
     inputs = {m: example_inputs(m) for m in MIX}
     with _serve(repo, store_path, None, cores) as server:
         closed_loop(clients.grpc(server.grpc_url), inputs, dict.fromkeys(MIX, clients_per_model), duration_s=settle_s)
-        window = _window(server, Watch(server, MIX), inputs, clients_per_model, duration_s)
+        window = _window(server, ChurnWatch(server, MIX), inputs, clients_per_model, duration_s)
     models = window["placement"]["models"]
     window["fp32_instance_bytes"] = {m: models[m]["memory_bytes"] // max(models[m]["instances"], 1) for m in MIX}
-    window["server_log"] = _problems(list(server.output))
+    window["server_log"] = problems(list(server.output))
     return window
 
 
@@ -393,7 +280,7 @@ def mix_pair(with_repo: Path, without_repo: Path, store_path: Path, budget: int,
     with _serve(with_repo, store_path, budget, cores) as with_server, \
             _serve(without_repo, store_path, budget, cores) as without_server:
         servers = {"with": with_server, "without": without_server}
-        watches = {kind: Watch(server, MIX) for kind, server in servers.items()}
+        watches = {kind: ChurnWatch(server, MIX) for kind, server in servers.items()}
         settled = {}
         for kind, server in servers.items():  # its first placement, under load
             closed_loop(clients.grpc(server.grpc_url), inputs, dict.fromkeys(MIX, clients_per_model),
@@ -407,12 +294,12 @@ def mix_pair(with_repo: Path, without_repo: Path, store_path: Path, budget: int,
                 last = windows[kind][-1]
                 _log(f"budget {budget / 1e6:.0f} MB, round {round_ + 1}/{rounds}, {kind} variants: sustained "
                      f"{last['sustained']}/s, errors {last['errors']}, evictions {sum(last['churn']['evictions'].values())}")
-        logs = {kind: _problems(list(server.output)) for kind, server in servers.items()}
+        logs = {kind: problems(list(server.output)) for kind, server in servers.items()}
         errors = {kind: error_kinds(list(server.output)) for kind, server in servers.items()}
     ratios = [ratio(w["sustained"], wo["sustained"]) for w, wo in zip(windows["with"], windows["without"])]
-    summary = {kind: {"sustained": round(_median([w["sustained"] for w in ws]), 2),
-                      "total": round(_median([w["total"] for w in ws]), 2),
-                      "throughput": {m: round(_median([w["throughput"][m] for w in ws]), 2) for m in MIX},
+    summary = {kind: {"sustained": round(median([w["sustained"] for w in ws]), 2),
+                      "total": round(median([w["total"] for w in ws]), 2),
+                      "throughput": {m: round(median([w["throughput"][m] for w in ws]), 2) for m in MIX},
                       "errors": sum(w["errors"] for w in ws),
                       "churn": {key: {m: sum(w["churn"][key][m] for w in ws) for m in MIX} for key in CHURN},
                       "churn_between": {key: {m: sum(w["churn_between"][key][m] for w in ws) for m in MIX}
@@ -420,7 +307,7 @@ def mix_pair(with_repo: Path, without_repo: Path, store_path: Path, budget: int,
                for kind, ws in windows.items()}
     return {"budget": budget, "settle": settled, "windows": windows, "summary": summary,
             "ratios": [None if r is None else round(r, 3) for r in ratios],
-            "ratio": round(_median([r for r in ratios if r is not None]), 3), "server_log": logs,
+            "ratio": round(median([r for r in ratios if r is not None]), 3), "server_log": logs,
             "server_errors": errors}
 
 
@@ -450,8 +337,8 @@ def variants(out_dir: Path, duration_s: float = 10.0, rounds: int = 3, samples: 
              fraction: float = BUDGET_FRACTION, models: Sequence[str] = tuple(ZOO),
              mix: bool = True) -> tuple[dict[str, Any], str]:
     scratch = Path(tempfile.mkdtemp(prefix="edgeplex-variants-"))
-    repo = _repository_with(tuple(models), {})  # symlinked originals: variants go to the temp folders
-    without_repo = _repository_with(MIX, {}) if mix else None  # same files and configs, no variants
+    repo = repository_with(tuple(models), {})  # symlinked originals: variants go to the temp folders
+    without_repo = repository_with(MIX, {}) if mix else None  # same files and configs, no variants
     store_path = scratch / "profiles.sqlite"
     store = ProfileStore(store_path)
     started = time.monotonic()
