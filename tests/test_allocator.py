@@ -153,7 +153,7 @@ def test_pareto_picks_a_smaller_variant_when_memory_is_tight(tmp_path: Path, max
 def test_pareto_brings_an_evicted_model_back_with_smaller_variants(tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from edgeplex.engine.manager import EVICTED_REASON
+    from edgeplex.engine import EVICTED_REASON
     from edgeplex.repository import Repository
     from edgeplex.tuning.variants import optimize
 

@@ -36,6 +36,7 @@ from edgeplex.engine.stats import ModelStats, percentile_ms
 from edgeplex.server.http import build_app
 from edgeplex.tuning.profile import Profile
 from edgeplex.tuning.profiler import current_backend_versions
+from edgeplex.tuning.fronts import ProfileFronts
 from edgeplex.tuning.store import ProfileStore, file_hash, machine_id
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -147,7 +148,7 @@ def test_fronts_from_the_store_mark_the_config_in_use(engine: Engine, tiny_repo:
     for config, batch, p50, mb in [(serving, 1, 0.05, 2), (serving, 8, 0.1, 3),
                                    (ExecutionConfig("onnxruntime", "cpu", "fp32", 2, 8), 1, 0.06, 3)]:
         store.put(Profile("add", digest, config, batch, p50, p50, 1000 / p50, mb * 1_000_000, version, machine_id()))
-    (response,) = _get(build_app(engine, profiles=store), "/v2/edgeplex/fronts")
+    (response,) = _get(build_app(engine, fronts=ProfileFronts(store)), "/v2/edgeplex/fronts")
     doc = response.json()
     fronts = {m["model"]: m for m in doc["models"]}
     assert doc["note"] == "" and doc["store"] == str(store.path)

@@ -16,7 +16,7 @@ from models import add_model, write_config
 from onnx import numpy_helper
 
 from edgeplex.engine import Engine, InferRequest
-from edgeplex.engine.executor import Grant, TokenPool
+from edgeplex.engine.pools import Grant, TokenPool
 
 
 def _waiting(pool: TokenPool) -> int:

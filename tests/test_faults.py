@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 
 from edgeplex.backends import ExecutionConfig
 from edgeplex.engine import Engine, InferRequest
-from edgeplex.engine.manager import EVICTED_REASON
+from edgeplex.engine import EVICTED_REASON
 from edgeplex.engine.placement import InstanceGroup, ModelPlacement
 from edgeplex.errors import BackendError, ModelNotReady
 from edgeplex.tuning.allocator import Allocator

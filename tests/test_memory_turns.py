@@ -16,7 +16,7 @@ from models import slow_model, write_config
 
 from edgeplex.backends import ExecutionConfig
 from edgeplex.engine import Engine, InferRequest
-from edgeplex.engine.manager import RESIDENCY_MAX_S
+from edgeplex.engine.registry import RESIDENCY_MAX_S
 from edgeplex.engine.placement import InstanceGroup, ModelPlacement
 from edgeplex.errors import EdgeplexError, MemoryFull
 
@@ -34,7 +34,7 @@ def _repo(root: Path, names: tuple[str, ...] = ("a", "b")) -> Path:
 def _at_ten_mb(tmp_path: Path, names: tuple[str, ...], evicted: tuple[str, ...]) -> Engine:
     """`names` loaded and accounted at 10 MB each (as if profiled) under a 15 MB budget (one at a
     time), then `evicted` evicted for memory."""
-    from edgeplex.engine.manager import EVICTED_REASON
+    from edgeplex.engine import EVICTED_REASON
 
     engine = Engine(_repo(tmp_path, names), cores=2)
     assert engine.load_all() == {}
@@ -194,7 +194,6 @@ def test_over_the_wire_both_models_are_served_while_taking_turns(tmp_path: Path)
 
 
 def test_a_swap_evicts_a_model_taking_turns_before_a_placed_one(tmp_path: Path) -> None:
-    from edgeplex.engine.placement import TURN
 
     engine = Engine(_repo(tmp_path, ("a", "b", "c")), cores=2)
     manager = engine.manager
@@ -205,7 +204,7 @@ def test_a_swap_evicts_a_model_taking_turns_before_a_placed_one(tmp_path: Path) 
         assert engine.load_all(["a", "b"]) == {}
         config = ExecutionConfig("onnxruntime", "cpu", "fp32", 1, 8)
         engine.apply(ModelPlacement("a", [InstanceGroup(config, 1, 10_000_000)]))
-        engine.apply(ModelPlacement("b", [InstanceGroup(config, 1, 10_000_000)], reason="left out", extra={TURN: 1.0}))
+        engine.apply(ModelPlacement("b", [InstanceGroup(config, 1, 10_000_000)], reason="left out", turn=True))
         engine.infer(InferRequest("b", X))  # a is the least recently used
         manager.memory_budget = 20_000_000 + c - 5_000_000  # one eviction makes room for c
         engine.load("c")
@@ -216,8 +215,7 @@ def test_a_swap_evicts_a_model_taking_turns_before_a_placed_one(tmp_path: Path) 
 
 
 def test_a_model_taking_turns_changes_config_at_its_next_load(tmp_path: Path) -> None:
-    from edgeplex.engine.manager import EVICTED_REASON
-    from edgeplex.engine.placement import TURN
+    from edgeplex.engine import EVICTED_REASON
 
     engine = Engine(_repo(tmp_path, ("a",)), cores=2)
     manager = engine.manager
@@ -225,9 +223,9 @@ def test_a_model_taking_turns_changes_config_at_its_next_load(tmp_path: Path) ->
         assert engine.load_all() == {}
         before = manager.runner("a").instances
         smaller = ExecutionConfig("onnxruntime", "cpu", "fp32", 2, 8)  # stands for its smallest variant
-        engine.apply(ModelPlacement("a", [InstanceGroup(smaller, 1, 3_000_000)], extra={TURN: 1.0}))
+        engine.apply(ModelPlacement("a", [InstanceGroup(smaller, 1, 3_000_000)], turn=True))
         assert manager.runner("a").instances == before  # no warm swap: no second copy in memory
-        assert manager.state("a").placement.extra[TURN] == 1.0  # type: ignore[union-attr]
+        assert manager.state("a").placement.turn  # type: ignore[union-attr]
         manager.unload("a", EVICTED_REASON, evicted=True)
         engine.infer(InferRequest("a", X))  # its turn: it comes back under the new placement
         assert [i.config for i in manager.runner("a").instances] == [smaller]
@@ -237,8 +235,7 @@ def test_a_model_taking_turns_changes_config_at_its_next_load(tmp_path: Path) ->
 
 
 def test_a_swap_waits_for_a_turn_to_end_rather_than_evict_a_placed_model(tmp_path: Path) -> None:
-    from edgeplex.engine.manager import EVICTED_REASON
-    from edgeplex.engine.placement import TURN
+    from edgeplex.engine import EVICTED_REASON
 
     engine = Engine(_repo(tmp_path, ("a", "b", "c")), cores=2)
     manager = engine.manager
@@ -247,7 +244,7 @@ def test_a_swap_waits_for_a_turn_to_end_rather_than_evict_a_placed_model(tmp_pat
         config = ExecutionConfig("onnxruntime", "cpu", "fp32", 1, 8)
         engine.apply(ModelPlacement("a", [InstanceGroup(config, 1, 10_000_000)]))  # placed
         for name in ("b", "c"):  # taking turns in the room a leaves
-            engine.apply(ModelPlacement(name, [InstanceGroup(config, 1, 10_000_000)], extra={TURN: 1.0}))
+            engine.apply(ModelPlacement(name, [InstanceGroup(config, 1, 10_000_000)], turn=True))
         manager.unload("c", EVICTED_REASON, evicted=True)
         manager.memory_budget = 20_000_000
         b = manager.state("b")

@@ -157,7 +157,7 @@ def test_the_placed_models_leave_the_turn_takers_room_within_the_hard_budget() -
     # without evicting them.
     roomy = plan_shared(demand, mix, cores=2, memory_budget=100, hard_budget=110)
     assert set(roomy.placement) == {"det", "ocr"} and used(roomy) + 50 <= 110
-    assert "in the room they leave" in roomy.unplaced["cls"] and roomy.turns["cls"].extra["turn"] == 1.0
+    assert "in the room they leave" in roomy.unplaced["cls"] and roomy.turns["cls"].turn
     # Two placed would leave cls no room within 80: one placed (det, the most demand) and a room
     # for the others beats two placed that the turn-takers would keep evicting.
     single = plan_shared(demand, mix, cores=2, memory_budget=55, hard_budget=80)

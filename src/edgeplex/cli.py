@@ -29,6 +29,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .engine import Engine
     from .server.app import serve
     from .tuning.allocator import Allocator
+    from .tuning.fronts import ProfileFronts
     from .tuning.store import ProfileStore, default_store_path
     from .zoo import ZOO, default_zoo_dir, pull
 
@@ -70,7 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
 
     asyncio.run(serve(engine, settings, drain_seconds=settings.drain_seconds, on_started=started,
-                      on_stopping=allocator.stop, profiles=fronts))
+                      on_stopping=allocator.stop, fronts=ProfileFronts(fronts) if fronts is not None else None))
     return 0
 
 

@@ -84,6 +84,9 @@ class ModelConfig(BaseModel):
     inputs: list[TensorSpec] = Field(default_factory=list)
     outputs: list[TensorSpec] = Field(default_factory=list)
     instance_count: int = Field(default=1, ge=1, le=64)
+    # Where its instances run when the config places it: `cpu`, or a processor the engine
+    # discovered (`cuda:0`, `gpu:0`, ...; see GET /v2/edgeplex/processors).
+    processor: str = Field(default="cpu", pattern=r"^[a-z][a-z0-9_\-]*(:[A-Za-z0-9_.\-]+)?$")
     # Intra-op threads per instance; 0 lets the backend pick (ONNX Runtime: one per core).
     threads: int = Field(default=1, ge=0, le=256)
     priority: int = Field(default=1, ge=1, le=16)

@@ -10,6 +10,7 @@ its model: one bad model never prevents the others from loading.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,3 +194,12 @@ def autocomplete(config: ModelConfig, given: dict[str, Any], model_file: Path, o
     fields["inputs"] = complete("inputs", config.inputs, inputs)
     fields["outputs"] = complete("outputs", config.outputs, outputs)
     return validate_config(fields, origin)
+
+
+def file_hash(path: Path) -> str:
+    """sha256 of a model file: the profile key's notion of "the same model"."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -24,4 +24,21 @@ def available_backends() -> list[str]:
     return [name for name, backend in _BACKENDS.items() if backend.available()]
 
 
-__all__ = ["Backend", "ExecutionConfig", "Session", "get_backend", "available_backends"]
+def registered_backends() -> list[Backend]:
+    return list(_BACKENDS.values())
+
+
+def register_backend(backend: Backend) -> None:
+    """Add (or replace) a backend by its name: how a backend outside this package, a test's
+    stand-in accelerator say, becomes one engines discover processors through."""
+    _BACKENDS[backend.name] = backend
+
+
+def unregister_backend(name: str) -> None:
+    if name in ("onnxruntime", "openvino"):
+        raise ValueError(f"backend '{name}' is built in")
+    _BACKENDS.pop(name, None)
+
+
+__all__ = ["Backend", "ExecutionConfig", "Session", "available_backends", "get_backend", "register_backend",
+           "registered_backends", "unregister_backend"]

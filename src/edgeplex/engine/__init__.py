@@ -1,6 +1,17 @@
-"""The engine: model manager, scheduler, executor and statistics behind one facade."""
+"""The engine: the one data plane. `Engine` is the only object the transports and the tuning use;
+the rest of this package is its insides (model lifecycle, token pools, runners)."""
 
-from .engine import Engine
+from .clock import Clock, ManualClock, SystemClock
+from .engine import Engine, Memory, VersionActivity
+from .monitor import ModelLoad, Monitor
+from .placement import InstanceGroup, ModelPlacement, Placement
+from .processors import CPU, Processor, ProcessorView
+from .registry import EVICTED_REASON, Decision, ModelView
 from .request import InferRequest, InferResponse
+from .runner import warmup_inputs
 
-__all__ = ["Engine", "InferRequest", "InferResponse"]
+__all__ = [
+    "CPU", "EVICTED_REASON", "Clock", "Decision", "Engine", "InferRequest", "InferResponse", "InstanceGroup",
+    "ManualClock", "Memory", "ModelLoad", "ModelPlacement", "ModelView", "Monitor", "Placement", "Processor",
+    "ProcessorView", "SystemClock", "VersionActivity", "warmup_inputs",
+]

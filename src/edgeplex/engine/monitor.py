@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .engine import Engine
+from .engine import Engine, VersionActivity
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class _Counters:
     compute_ns: int  # compute time of the executions (a batch counted once)
     successes: int
     queue_ns: int
+    queued: int  # waiting now
 
 
 class Monitor:
@@ -53,31 +54,34 @@ class Monitor:
 
     def sample(self) -> dict[str, ModelLoad]:
         now = time.monotonic()
+        by_model: dict[str, list[VersionActivity]] = {}
+        for version in self.engine.activity():
+            if version.serving:
+                by_model.setdefault(version.model, []).append(version)
         with self._lock:
-            for state in self.engine.models():
-                if state.state != "READY":
-                    continue
-                counters = self._read(state.name, now)
-                previous = self._last.get(state.name)
-                self._last[state.name] = counters
+            for name, versions in by_model.items():
+                counters = self._read(versions, now)
+                previous = self._last.get(name)
+                self._last[name] = counters
                 if previous is None or counters.at <= previous.at:
                     continue
-                self._loads[state.name] = self._window(state.name, previous, counters)
+                self._loads[name] = self._window(name, previous, counters)
             return dict(self._loads)
 
-    def _read(self, name: str, now: float) -> _Counters:
-        state = self.engine.manager.state(name)
-        submitted = rows = compute_ns = successes = queue_ns = 0
-        for runner in state.runners.values():
-            stats = runner.stats.as_triton()
+    @staticmethod
+    def _read(versions: list[VersionActivity], now: float) -> _Counters:
+        submitted = rows = compute_ns = successes = queue_ns = queued = 0
+        for version in versions:
+            stats = version.stats.as_triton()
             inference = stats["inference_stats"]
-            submitted += runner.submitted
+            submitted += version.submitted
+            queued += version.queued
             for batch in stats["batch_stats"]:
                 rows += batch["batch_size"] * batch["compute_infer"]["count"]
                 compute_ns += batch["compute_infer"]["ns"]
             successes += inference["success"]["count"]
             queue_ns += inference["queue"]["ns"]
-        return _Counters(now, submitted, rows, compute_ns, successes, queue_ns)
+        return _Counters(now, submitted, rows, compute_ns, successes, queue_ns, queued)
 
     def _window(self, name: str, before: _Counters, after: _Counters) -> ModelLoad:
         seconds = after.at - before.at
@@ -93,5 +97,4 @@ class Monitor:
             keep = 1.0 - self.smoothing
             arrivals = keep * old.arrival_rate + self.smoothing * arrivals
             completions = keep * old.completion_rate + self.smoothing * completions
-        queued = sum(len(r.queue) for r in self.engine.manager.state(name).runners.values())
-        return ModelLoad(name, arrivals, completions, service, queue, queued)
+        return ModelLoad(name, arrivals, completions, service, queue, after.queued)

@@ -7,10 +7,6 @@ from dataclasses import dataclass, field
 
 from ..backends.base import ExecutionConfig
 
-# In a placement's `extra`: the model takes turns in memory with others the budget cannot hold
-# at once (the planner left it out); a swap evicts such a model before a placed one.
-TURN = "turn"
-
 
 @dataclass(frozen=True)
 class InstanceGroup:
@@ -36,7 +32,16 @@ class ModelPlacement:
     # Requests per second the allocator expects this placement to sustain (0 = unknown).
     capacity: float = 0.0
     reason: str = ""
-    extra: dict[str, float] = field(default_factory=dict)
+    # The model takes turns in memory with others the budget cannot hold at once (the planner
+    # left it out): a swap evicts such a model before a placed one.
+    turn: bool = False
+    share: float = 0.0  # its share of the mix's demand when it was planned
+    # Service time observed with the other tenants over the solo profile's (1 = as profiled).
+    slowdown: float = 1.0
+
+    @property
+    def processors(self) -> set[str]:
+        return {g.config.processor for g in self.groups}
 
     def same_configs(self, other: ModelPlacement) -> bool:
         """True if both run the same configs with the same counts (nothing to swap)."""

@@ -21,7 +21,8 @@ from ..config import ModelConfig
 from ..errors import DeadlineExceeded, EdgeplexError, InvalidInput, ModelEvicted, Overloaded, ServerShuttingDown
 from ..tensors import numpy_dtype, shape_matches, v2_datatype
 from .batcher import BatchPolicy, collate, signature, split
-from .executor import Flow, TokenPool
+from .pools import Flow
+from .processors import CPU, Processors
 from .request import InferRequest, InferResponse
 from .scheduler import DISCIPLINES, Discipline, Job, RequestQueue
 from .stats import ModelStats
@@ -55,18 +56,21 @@ class ModelRunner:
     under a running model (a placement change) with no request lost or answered twice."""
 
     def __init__(
-        self, config: ModelConfig, version: str, instances: list[Instance], pool: TokenPool,
+        self, config: ModelConfig, version: str, instances: list[Instance], processors: Processors,
         stats: ModelStats | None = None, order: Discipline | None = None,
     ) -> None:
         self.config = config
         self.version = version
-        self.pool = pool
+        self.processors = processors
         self.stats = stats or ModelStats(config.name, version)
         self.order = order or DISCIPLINES["priority"]
-        self.flow = Flow(f"{config.name}/{version}", config.share)
+        # Its claim on each processor's pool (fair sharing is per processor, as the pools are).
+        self._flows: dict[str, Flow] = {}
         self._expected_run_ns = 0  # what one execution takes, with margin (for deadline checks)
         self._run_mean_ns = self._run_dev_ns = 0.0
-        self.reservation = (pool.reserve(f"{config.name}/{version}", config.priority, config.reserved_cores)
+        # Reserved cores are the CPU's: an accelerator's executions are not preempted by host work.
+        self._cpu = processors.pool(CPU)
+        self.reservation = (self._cpu.reserve(f"{config.name}/{version}", config.priority, config.reserved_cores)
                             if config.reserved_cores else None)
         self._output_names = [spec.name for spec in config.outputs]
         self.queue = RequestQueue(config.max_queue_size, self.order)
@@ -149,7 +153,7 @@ class ModelRunner:
         for worker in workers:
             worker.thread.join(timeout)
         if self.reservation is not None:
-            self.pool.unreserve(self.reservation)
+            self._cpu.unreserve(self.reservation)
 
     def _done(self, _: object) -> None:
         with self._lock:
@@ -177,8 +181,9 @@ class ModelRunner:
         if not jobs:
             return
         priority = self.order.core_priority(min(job.priority for job in jobs))
-        flow = self.flow if self.order.fair_share else None
-        with self.pool.hold(instance.config.threads or self.pool.capacity, priority, flow):
+        processor = self.processors.get(instance.config.processor)
+        flow = self._flow(processor.name) if self.order.fair_share else None
+        with self.processors.pool(processor.name).hold(processor.tokens(instance.config), priority, flow):
             # Deadlines may have passed while waiting for cores, or a run no longer fits before them.
             jobs = self._expire(self._claim(self.queue.retake(jobs, policy)), self._expected_run_ns)
             if not jobs:
@@ -211,6 +216,12 @@ class ModelRunner:
             wanted = request.outputs or self._output_names
             response = InferResponse(request.model_name, self.version, {k: part[k] for k in wanted}, id=request.id)
             job.future.set_result(response)
+
+    def _flow(self, processor: str) -> Flow:
+        flow = self._flows.get(processor)
+        if flow is None:
+            flow = self._flows.setdefault(processor, Flow(f"{self.config.name}/{self.version}", self.config.share))
+        return flow
 
     def _wanted(self, jobs: list[Job]) -> list[str]:
         """The outputs a batch must compute: everything any of its callers asked for."""

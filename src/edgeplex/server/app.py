@@ -16,7 +16,7 @@ import uvicorn
 
 from ..config import ServerConfig
 from ..engine import Engine
-from ..tuning.store import ProfileStore
+from .dashboard import FrontsSource
 from .grpc import start_grpc_server
 from .http import build_app
 
@@ -37,11 +37,11 @@ async def serve(
     drain_seconds: float = 10.0,
     on_started: Callable[[int, int], None] | None = None,
     on_stopping: Callable[[], None] | None = None,
-    profiles: ProfileStore | None = None,
+    fronts: FrontsSource | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM. `on_started(http_port, grpc_port)` is called once both listen;
     `on_stopping()` once they have drained, before the engine closes (stop the control path).
-    `profiles`: the store whose Pareto fronts the dashboard shows."""
+    `fronts`: where the dashboard's Pareto fronts come from (the tuning's profile store)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -53,7 +53,7 @@ async def serve(
     )
     http = _HttpServer(
         uvicorn.Config(
-            build_app(engine, config.max_body_bytes, profiles, api_key=config.api_key,
+            build_app(engine, config.max_body_bytes, fronts, api_key=config.api_key,
                       repository_api=config.enable_repository_api, max_tensor_elements=config.max_tensor_elements),
             host=config.host,
             port=config.http_port,

@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
@@ -24,8 +24,6 @@ from starlette.routing import Route
 from ..engine import Engine
 from ..errors import EdgeplexError, Forbidden, InvalidInput, ModelNotReady, PayloadTooLarge
 from ..tensors import DEFAULT_MAX_ELEMENTS
-from ..tuning.store import ProfileStore
-from ..tuning.variants import list_variants, variant_summary
 from .auth import ApiKeyMiddleware
 from .codec import (
     HEADER_LENGTH,
@@ -34,7 +32,7 @@ from .codec import (
     parse_header_length,
     parse_json_object,
 )
-from .dashboard import ASSETS, STATIC_DIR, Fronts, dashboard_document, plotly_js
+from .dashboard import ASSETS, STATIC_DIR, FrontsSource, dashboard_document, no_fronts, plotly_js
 from .metrics import metrics_registry
 from .openapi import OPENAPI_PATH, openapi_document
 from .triton import REPOSITORY_API_OFF, model_config_dict, repository_index, server_metadata
@@ -44,9 +42,6 @@ log = logging.getLogger(__name__)
 # The dashboard's page and static files hold no data: a browser loads them without a key, and
 # the page then sends the key with its data requests.
 PUBLIC_PATHS, PUBLIC_PREFIXES = ("/",), ("/dashboard/",)
-
-Handler = Callable[[Request], Awaitable[Response]]
-
 
 def json_response(document: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(document), status_code=status, media_type="application/json")
@@ -59,29 +54,44 @@ def error_response(exc: EdgeplexError) -> Response:
     return response
 
 
-def guarded(handler: Handler) -> Handler:
-    """Map EdgeplexError to its status once, and anything unexpected to a logged 500."""
+async def edgeplex_error(request: Request, exc: Exception) -> Response:
+    """The one mapping of the error tree to HTTP: each error knows its status."""
+    assert isinstance(exc, EdgeplexError)
+    return error_response(exc)
 
-    async def wrapper(request: Request) -> Response:
+
+class UnexpectedErrors:
+    """Anything unexpected becomes a logged JSON 500 here, inside Starlette's exception
+    middleware, so the server never answers with a bare traceback and uvicorn never sees it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        started = False
+
+        async def sending(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            return await handler(request)
-        except EdgeplexError as exc:
-            return error_response(exc)
+            await self.app(scope, receive, sending)
         except Exception:
-            log.exception("unexpected error on %s %s", request.method, request.url.path)
-            return json_response({"error": "internal server error (logged)"}, 500)
-
-    return wrapper
+            if scope["type"] != "http" or started:
+                raise
+            log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
+            await json_response({"error": "internal server error (logged)"}, 500)(scope, receive, send)
 
 
 def build_app(
-    engine: Engine, max_body_bytes: int = 64 * 1024 * 1024, profiles: ProfileStore | None = None, *,
+    engine: Engine, max_body_bytes: int = 64 * 1024 * 1024, fronts: FrontsSource | None = None, *,
     api_key: str | None = None, repository_api: bool = False, max_tensor_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> Any:
-    """The ASGI application serving `engine`; `profiles`: the store whose Pareto fronts the
-    dashboard shows (None: it says there is none). With `api_key`, every endpoint but the
-    dashboard's static files (which hold no data) requires it; `repository_api` allows model
-    load/unload."""
+    """The ASGI application serving `engine`; `fronts`: where the dashboard's Pareto fronts come
+    from (None: it says there are none). With `api_key`, every endpoint but the dashboard's
+    static files (which hold no data) requires it; `repository_api` allows model load/unload.
+    Errors are mapped once, by Starlette's exception handlers."""
 
     def version_of(request: Request) -> str:
         return str(request.path_params.get("version", ""))
@@ -118,21 +128,12 @@ def build_app(
         return json_response(openapi_document())
 
     async def model_metadata(request: Request) -> Response:
-        name, version = request.path_params["model"], version_of(request)
-        document = engine.metadata(name, version)
         # Beyond the V2 fields (JSON only; the gRPC message has no room): the version's variants.
-        runner = engine.manager.runner(name, version)
-        source = engine.manager.repository.source(name)
-        in_use = {instance.config.variant for instance in runner.instances}
-        variants = list_variants(source.versions[int(runner.version)])
-        document["parameters"] = {"variants": [variant_summary(info, info.variant in in_use)
-                                               for info in variants.values()],
-                                  "in_use": sorted(in_use)}
-        return json_response(document)
+        return json_response(engine.metadata(request.path_params["model"], version_of(request), variants=True))
 
     async def model_ready(request: Request) -> Response:
         try:
-            engine.manager.runner(request.path_params["model"], version_of(request))
+            engine.check_servable(request.path_params["model"], version_of(request))
         except ModelNotReady:
             return Response(status_code=503)
         # ModelNotFound (no such model, or no such version of a ready one) is answered 404
@@ -179,24 +180,29 @@ def build_app(
         return Response(status_code=200)
 
     async def placement(request: Request) -> Response:
+        memory = engine.memory()
         return json_response({
             "cores": engine.cores,
-            "memory_budget": engine.manager.memory_budget,
-            "memory_used": engine.manager.memory_used(),
+            "memory_budget": memory.budget,
+            "memory_used": memory.used,
+            "processors": [p.as_dict() for p in engine.processors()],
             "models": engine.placement_report(),
         })
+
+    async def processors(request: Request) -> Response:
+        return json_response({"processors": [p.as_dict() for p in engine.processors()]})
 
     registry = metrics_registry(engine)
 
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    fronts = Fronts(profiles)
-
     async def dashboard(request: Request) -> Response:
         return json_response(dashboard_document(engine))
 
     async def dashboard_fronts(request: Request) -> Response:
+        if fronts is None:
+            return json_response(no_fronts())
         return json_response(await asyncio.to_thread(fronts.document, engine))  # SQLite, file hashes
 
     async def dashboard_page(request: Request) -> Response:
@@ -217,31 +223,33 @@ def build_app(
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
     routes = [
-        Route("/v2/health/live", guarded(live)),
-        Route("/v2/health/ready", guarded(ready)),
-        Route("/v2", guarded(metadata)),
-        Route(OPENAPI_PATH, guarded(openapi)),
-        Route("/v2/models/stats", guarded(model_stats)),
-        Route("/v2/repository/index", guarded(index), methods=["POST"]),
-        Route("/v2/repository/models/{model}/load", guarded(load), methods=["POST"]),
-        Route("/v2/repository/models/{model}/unload", guarded(unload), methods=["POST"]),
-        Route("/metrics", guarded(metrics)),
-        Route("/v2/edgeplex/placement", guarded(placement)),
-        Route("/v2/edgeplex/dashboard", guarded(dashboard)),
-        Route("/v2/edgeplex/fronts", guarded(dashboard_fronts)),
-        Route("/", guarded(dashboard_page)),
-        Route("/dashboard/vendor/plotly.min.js", guarded(chart_library)),
-        Route("/dashboard/{name}", guarded(dashboard_asset)),
+        Route("/v2/health/live", live),
+        Route("/v2/health/ready", ready),
+        Route("/v2", metadata),
+        Route(OPENAPI_PATH, openapi),
+        Route("/v2/models/stats", model_stats),
+        Route("/v2/repository/index", index, methods=["POST"]),
+        Route("/v2/repository/models/{model}/load", load, methods=["POST"]),
+        Route("/v2/repository/models/{model}/unload", unload, methods=["POST"]),
+        Route("/metrics", metrics),
+        Route("/v2/edgeplex/placement", placement),
+        Route("/v2/edgeplex/processors", processors),
+        Route("/v2/edgeplex/dashboard", dashboard),
+        Route("/v2/edgeplex/fronts", dashboard_fronts),
+        Route("/", dashboard_page),
+        Route("/dashboard/vendor/plotly.min.js", chart_library),
+        Route("/dashboard/{name}", dashboard_asset),
     ]
     for prefix in (model, versioned):
         routes += [
-            Route(prefix, guarded(model_metadata)),
-            Route(prefix + "/ready", guarded(model_ready)),
-            Route(prefix + "/config", guarded(model_config)),
-            Route(prefix + "/stats", guarded(model_stats)),
-            Route(prefix + "/infer", guarded(infer), methods=["POST"]),
+            Route(prefix, model_metadata),
+            Route(prefix + "/ready", model_ready),
+            Route(prefix + "/config", model_config),
+            Route(prefix + "/stats", model_stats),
+            Route(prefix + "/infer", infer, methods=["POST"]),
         ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: routing_error})
+    app = Starlette(routes=routes, exception_handlers={HTTPException: routing_error, EdgeplexError: edgeplex_error},
+                    middleware=[Middleware(UnexpectedErrors)])
     return ApiKeyMiddleware(app, api_key, PUBLIC_PATHS, PUBLIC_PREFIXES) if api_key else app
 
 

@@ -44,58 +44,59 @@ class EngineCollector(Collector):
         )
         reloads = CounterMetricFamily("edgeplex_model_reload", "Loads of an evicted model on request", labels=labels)
         memory = GaugeMetricFamily("edgeplex_model_memory_bytes", "Resident memory accounted for its instances (profiled, else measured at load)", labels=labels)
-        for state in self.engine.models():
-            # Counters are kept across evictions: an evicted model's series stay (pending and
-            # memory at 0) instead of vanishing from a scrape and restarting after its reload.
-            if state.state != "READY" and not state.evicted:  # unloaded: its series go, as in Triton
-                continue
-            for version, model_stats in state.stats.items():
-                runner = state.runners.get(version)
-                stats = model_stats.as_triton()
-                inference = stats["inference_stats"]
-                key = [state.name, version]
-                success.add_metric(key, inference["success"]["count"])
-                failure.add_metric(key, inference["fail"]["count"])
-                count.add_metric(key, stats["inference_count"])
-                executions.add_metric(key, stats["execution_count"])
-                request_us.add_metric(key, inference["success"]["ns"] / 1000)
-                queue_us.add_metric(key, inference["queue"]["ns"] / 1000)
-                compute_us.add_metric(key, inference["compute_infer"]["ns"] / 1000)
-                pending.add_metric(key, len(runner.queue) if runner else 0)
-                rejected.add_metric(key, model_stats.rejected)
-                misses.add_metric(key, model_stats.deadline_misses)
-                reloads.add_metric(key, model_stats.reloads)
-                memory.add_metric(key, runner.memory_bytes if runner else 0)
+        # Counters are kept across evictions: an evicted model's series stay (pending and memory
+        # at 0) instead of vanishing from a scrape and restarting after its reload.
+        for version in self.engine.activity():
+            model_stats = version.stats
+            stats = model_stats.as_triton()
+            inference = stats["inference_stats"]
+            key = [version.model, version.version]
+            success.add_metric(key, inference["success"]["count"])
+            failure.add_metric(key, inference["fail"]["count"])
+            count.add_metric(key, stats["inference_count"])
+            executions.add_metric(key, stats["execution_count"])
+            request_us.add_metric(key, inference["success"]["ns"] / 1000)
+            queue_us.add_metric(key, inference["queue"]["ns"] / 1000)
+            compute_us.add_metric(key, inference["compute_infer"]["ns"] / 1000)
+            pending.add_metric(key, version.queued)
+            rejected.add_metric(key, model_stats.rejected)
+            misses.add_metric(key, model_stats.deadline_misses)
+            reloads.add_metric(key, model_stats.reloads)
+            memory.add_metric(key, version.memory_bytes)
         yield from (success, failure, count, executions, request_us, queue_us, compute_us, pending, rejected, misses,
                     reloads, memory)
 
         changes = CounterMetricFamily(
             "edgeplex_placement_changes", "Placements installed for the model (loads and re-placements)", labels=["model"]
         )
-        for state in self.engine.models():
-            if state.placements:
-                changes.add_metric([state.name], state.placements)
+        for view in self.engine.models():
+            if view.placements:
+                changes.add_metric([view.name], view.placements)
         yield changes
+        held = self.engine.memory()
         used = GaugeMetricFamily("edgeplex_memory_used_bytes", "Resident memory held by the loaded models")
-        used.add_metric([], self.engine.manager.memory_used())
+        used.add_metric([], held.used)
         yield used
-        if self.engine.manager.memory_budget is not None:
+        if held.budget is not None:
             budget = GaugeMetricFamily("edgeplex_memory_budget_bytes", "The --memory-budget")
-            budget.add_metric([], self.engine.manager.memory_budget)
+            budget.add_metric([], held.budget)
             yield budget
 
-        processor = ["processor"]
-        tokens = GaugeMetricFamily("edgeplex_processor_tokens_in_use", "Threads computing now", labels=processor)
-        capacity = GaugeMetricFamily("edgeplex_processor_tokens_capacity", "Cores in the budget", labels=processor)
+        processor = ["processor", "kind"]
+        tokens = GaugeMetricFamily("edgeplex_processor_tokens_in_use",
+                                   "Tokens held now (CPU: threads computing; accelerators: executions)", labels=processor)
+        capacity = GaugeMetricFamily("edgeplex_processor_tokens_capacity",
+                                     "Tokens of the processor (CPU: cores in the budget)", labels=processor)
         waiting = GaugeMetricFamily("edgeplex_processor_waiting", "Computations waiting for tokens", labels=processor)
         busy = CounterMetricFamily(
             "edgeplex_processor_busy_seconds", "Token-seconds held (rate / capacity = utilisation)", labels=processor
         )
-        for name, pool in self.engine.pools.items():
-            tokens.add_metric([name], pool.in_use)
-            capacity.add_metric([name], pool.capacity)
-            waiting.add_metric([name], pool.waiting)
-            busy.add_metric([name], pool.busy_seconds)
+        for view in self.engine.processors():
+            key = [view.name, view.kind]
+            tokens.add_metric(key, view.in_use)
+            capacity.add_metric(key, view.capacity)
+            waiting.add_metric(key, view.waiting)
+            busy.add_metric(key, view.busy_seconds)
         yield from (tokens, capacity, waiting, busy)
 
 

@@ -170,17 +170,26 @@ GROUP = _obj({"backend": STRING, "processor": STRING, "variant": STRING, "thread
 DECISION = _obj({"at": NUMBER, "placement": STRING, "reason": STRING}, nullable=True)
 PLACEMENT_MODEL = _obj({
     "model": STRING, "state": STRING, "groups": _array(GROUP), "estimated_capacity": NUMBER,
-    "observed_slowdown": NUMBER, "memory_bytes": COUNT, "reason": STRING, "last_decision": DECISION,
+    "observed_slowdown": NUMBER, "taking_turns": BOOLEAN, "memory_bytes": COUNT, "reason": STRING,
+    "last_decision": DECISION,
 }, ("model", "state", "groups"))
+PROCESSOR = _obj({
+    "name": {**STRING, "description": "cpu, cuda:N, gpu:N, npu:N, remote:NAME"},
+    "kind": STRING, "capacity": {**COUNT, "description": "tokens: the CPU's cores; an accelerator's executions at once"},
+    "in_use": COUNT, "waiting": COUNT, "peak": COUNT, "busy_seconds": NUMBER,
+    "backends": _array(STRING), "models": _array(STRING, description="models with an instance placed on it"),
+}, ("name", "kind", "capacity", "in_use", "models"))
+PROCESSORS = _obj({"processors": _array(PROCESSOR)}, ("processors",))
 PLACEMENT = _obj({"cores": COUNT, "memory_budget": {**COUNT, "nullable": True}, "memory_used": COUNT,
-                  "models": _array(PLACEMENT_MODEL)}, ("cores", "memory_used", "models"))
+                  "processors": _array(PROCESSOR), "models": _array(PLACEMENT_MODEL)},
+                 ("cores", "memory_used", "models"))
 
 MS: Schema = {"type": "number", "nullable": True}
 DASHBOARD = _obj({
     "time": NUMBER, "clock": NUMBER, "cores": COUNT,
     "memory": _obj({"used": COUNT, "budget": {**COUNT, "nullable": True}}),
-    "pools": _array(_obj({"processor": STRING, "capacity": NUMBER, "in_use": NUMBER, "waiting": COUNT,
-                          "busy_seconds": NUMBER})),
+    "pools": _array(_obj({"processor": STRING, "kind": STRING, "capacity": NUMBER, "in_use": NUMBER,
+                          "waiting": COUNT, "busy_seconds": NUMBER, "models": _array(STRING)})),
     "models": _array({"allOf": [PLACEMENT_MODEL, _obj({
         "reason_unavailable": STRING, "requests": COUNT, "failures": COUNT, "inferences": COUNT, "executions": COUNT,
         "rejected": COUNT, "deadline_misses": COUNT, "queue": COUNT,
@@ -211,6 +220,7 @@ SCHEMAS: dict[str, Schema] = {
                                                                          "UNAVAILABLE"]},
                                     "reason": STRING}, ("name", "version", "state", "reason"))),
     "Placement": PLACEMENT,
+    "Processors": PROCESSORS,
     "Dashboard": DASHBOARD,
     "Fronts": FRONTS,
 }
@@ -313,6 +323,9 @@ def _paths() -> dict[str, Schema]:
         "/v2/edgeplex/placement": get("Placement of every model: backend, processor, variant, threads, instances, "
                                       "memory, and the reason for the last decision", "edgeplex",
                                       _ok(_ref("Placement"), "The placements")),
+        "/v2/edgeplex/processors": get("Every processor (CPU, accelerators, neighbour servers) with its capacity, use "
+                                       "and the models placed on it", "edgeplex",
+                                       _ok(_ref("Processors"), "The processors")),
         "/v2/edgeplex/dashboard": get("What the dashboard shows: placements, counters, queues, recent latency, "
                                       "memory, processor pools and decisions", "edgeplex",
                                       _ok(_ref("Dashboard"), "The dashboard's document")),

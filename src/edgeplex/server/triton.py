@@ -39,7 +39,7 @@ def model_config_dict(config: ModelConfig) -> dict[str, Any]:
         "max_batch_size": config.max_batch_size,
         "input": [tensor(s) for s in config.inputs],
         "output": [tensor(s) for s in config.outputs],
-        "instance_group": [{"name": config.name, "count": config.instance_count, "kind": "KIND_CPU"}],
+        "instance_group": [_instance_group(config)],
         "default_model_filename": config.default_model_filename,
         "parameters": {
             **{key: {"string_value": value} for key, value in config.parameters.items()},
@@ -50,13 +50,21 @@ def model_config_dict(config: ModelConfig) -> dict[str, Any]:
     return document
 
 
+def _instance_group(config: ModelConfig) -> dict[str, Any]:
+    """Triton's instance group of the model's own config: KIND_CPU, or KIND_GPU on `cuda:N`."""
+    kind, _, index = config.processor.partition(":")
+    if kind == "cuda":
+        return {"name": config.name, "count": config.instance_count, "kind": "KIND_GPU", "gpus": [int(index or 0)]}
+    return {"name": config.name, "count": config.instance_count, "kind": "KIND_CPU"}
+
+
 def repository_index(engine: Engine, ready_only: bool = False) -> list[dict[str, Any]]:
     """Triton's repository index: every model with its state and, when not ready, the reason."""
     entries: list[dict[str, Any]] = []
     for state in engine.models():
         if ready_only and state.state != "READY":
             continue
-        versions = sorted(state.runners, key=int) or [""]
+        versions = list(state.versions) or [""]
         for version in versions:
             entries.append({"name": state.name, "version": version, "state": state.state, "reason": state.reason})
     return entries

@@ -14,15 +14,12 @@ import threading
 import time
 from contextlib import AbstractContextManager
 from dataclasses import replace
-from pathlib import Path
 
 from ..backends import ExecutionConfig, available_backends
 from ..config import ModelConfig
-from ..engine import Engine
-from ..engine.executor import Grant
-from ..engine.monitor import Monitor
-from ..engine.placement import ModelPlacement, Placement
+from ..engine import Engine, ModelPlacement, Monitor, Placement
 from ..errors import MemoryFull
+from ..repository import file_hash
 from .policies import (
     Candidate,
     PlanResult,
@@ -34,9 +31,8 @@ from .policies import (
 )
 from .profile import Profile
 from .profiler import current_backend_versions, profile_model
-from .store import ProfileStore, file_hash
+from .store import ProfileStore
 from .timeshare import plan_shared, shared_lam
-from .variants import VARIANTS_DIR, variant_files
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +63,7 @@ class Allocator:
         self.slowdown: dict[str, float] = {}
         self.last_result: PlanResult | None = None
 
-        self._hashes: dict[str, tuple[tuple[int, int], dict[str, tuple[str, float]]]] = {}
+        self._hashes: dict[str, tuple[tuple[int, int], str]] = {}  # file -> ((size, mtime), sha256)
         self._stop = threading.Event()
         # model -> (the placement that failed, when it may be tried again, failures in a row)
         self._failed: dict[str, tuple[ModelPlacement, float, int]] = {}
@@ -112,28 +108,30 @@ class Allocator:
         if not candidates:
             return None
         demand = {m: loads[m].arrival_rate if m in loads else 0.0 for m in candidates}
+        views = {view.name: view for view in self.engine.models()}
         current: Placement = {}
         for name in candidates:
-            state = self.engine.manager.state(name)
-            if state.placement is not None:
-                current[name] = state.placement
-            if name in loads and state.placement is not None:
-                solo = _solo_service_ms(state.placement, candidates[name])
+            placement = views[name].placement if name in views else None
+            if placement is not None:
+                current[name] = placement
+            if name in loads and placement is not None:
+                solo = _solo_service_ms(placement, candidates[name])
                 if solo and loads[name].service_ms > 0:
                     self.slowdown[name] = update_slowdown(self.slowdown.get(name, 1.0), loads[name].service_ms, solo)
-                    state.placement.extra["slowdown"] = round(self.slowdown[name], 3)  # shown live
+                    self.engine.report_slowdown(name, round(self.slowdown[name], 3))  # shown live
         cores = self.engine.cores
-        budget = self.engine.manager.memory_budget
-        if budget is not None:  # plan within part of it: a warm swap holds old and new at once
-            budget = int(budget * (1 - SWAP_HEADROOM))
-        # The token pool time-shares cores between models: plan under that model of the box.
-        result = plan_shared(demand, candidates, cores, budget, self.slowdown, current,
-                             hard_budget=self.engine.manager.memory_budget)
+        capacities = self.engine.capacities()
+        hard_budget = self.engine.memory().budget
+        # Plan within part of the budget: a warm swap holds old and new at once.
+        budget = int(hard_budget * (1 - SWAP_HEADROOM)) if hard_budget is not None else None
+        # The token pools time-share each processor between models: plan under that model of the box.
+        result = plan_shared(demand, candidates, cores, budget, self.slowdown, current, capacities=capacities,
+                             hard_budget=hard_budget)
         self.last_result = result
         # A planned model evicted for memory serves nothing: any plan that fits it back in is a
         # gain. (Those taking turns in memory are evicted by design, and come back on request.)
-        evicted = sorted(m for m in candidates if self.engine.manager.state(m).evicted and m not in result.turns)
-        now = 0.0 if evicted else shared_lam(current, demand, candidates, cores, self.slowdown)
+        evicted = sorted(m for m in candidates if m in views and views[m].evicted and m not in result.turns)
+        now = 0.0 if evicted else shared_lam(current, demand, candidates, cores, self.slowdown, capacities)
         log.debug("plan: demand %s, slowdown %s: current %.3f, planned %.3f (%s)",
                   {m: round(v, 1) for m, v in demand.items()}, {m: round(v, 2) for m, v in self.slowdown.items()},
                   now, result.lam, {m: p.groups[0].count for m, p in result.placement.items()})
@@ -142,12 +140,12 @@ class Allocator:
         gain = f"predicted mix rate {now:.1f} -> {result.lam:.1f}/s per share"
         for name, placement in result.placement.items():
             placement.reason = f"pareto: {placement.reason}; {gain}"
-            placement.extra["slowdown"] = round(self.slowdown.get(name, 1.0), 3)
+            placement.slowdown = round(self.slowdown.get(name, 1.0), 3)
         self._apply_all({**result.turns, **result.placement})
         for name in evicted:  # back in, under its new (smaller) placement
             if name in result.placement and not self._stop.is_set():
                 try:
-                    self.engine.manager.ensure_loaded(name, on_request=False, wait_s=0.0)
+                    self.engine.restore(name)
                 except MemoryFull as exc:  # the resident models' turns are not over: next round
                     log.info("model %s waits for room: %s", name, exc.message)
                 except Exception as exc:  # it stays evicted; a request will try again
@@ -161,13 +159,13 @@ class Allocator:
         profiles: list[Profile] = []
         versions = current_backend_versions()
         for name in configs:
-            for variant, (digest, loss) in self._variants(name, configs[name]).items():
+            for variant, (digest, loss) in self._variants(name).items():
                 if self.store is None:
                     continue
                 # Keyed by the file, not the name: a model with the same file shares its profiles.
                 stored = self.store.for_model(digest, backend_versions=versions)
                 profiles += [replace(p, model=name, fidelity_loss=loss) for p in stored if p.config.variant == variant]
-        return candidates_for_models(profiles, configs, self.engine.cores)
+        return candidates_for_models(profiles, configs, self.engine.cores, self.engine.capacities())
 
     def profile_unprofiled(self) -> None:
         """Briefly profile, in the background, every model (or variant of it within the model's
@@ -176,21 +174,19 @@ class Allocator:
         assert self.store is not None
         configs = self._configs()
         versions = current_backend_versions()
-        pool = self.engine.pools["cpu"]
 
-        def guard(config: ExecutionConfig) -> AbstractContextManager[Grant]:
-            return pool.hold(config.threads or pool.capacity, BACKGROUND_PRIORITY)
+        def guard(config: ExecutionConfig) -> AbstractContextManager[object]:
+            return self.engine.compute_slot(config, BACKGROUND_PRIORITY)
 
         for name, config in configs.items():
-            known = {v: (digest, loss) for v, (digest, loss) in self._variants(name, config).items()
+            known = {v: (digest, loss) for v, (digest, loss) in self._variants(name).items()
                      if loss <= config.max_fidelity_loss}
             missing = [v for v, (digest, _) in known.items()
                        if not self.store.for_model(digest, backend_versions=versions)]
             if not missing or self._stop.is_set():
                 continue
             log.info("profiling %s (%s) in the background (no stored profile)", name, ", ".join(missing))
-            files = {v: f for v, f in variant_files(self._model_file(name, config).parent,
-                                                    config.default_model_filename).items() if v in known}
+            files = {v: f for v, f in self.engine.model_files(name).items() if v in known}
             profile_model(
                 name, files["fp32"][0], config, self.store, self.engine.cores, iterations=20, warmup=2,
                 max_seconds=self.profile_seconds, guard=guard, variants=files,  # what is stored is skipped
@@ -200,15 +196,16 @@ class Allocator:
     def _configs(self) -> dict[str, ModelConfig]:
         """The models to place: those serving, and those evicted for memory (a placement with
         smaller variants may fit them all back in)."""
-        return {s.name: s.config for s in self.engine.models()
-                if (s.state == "READY" or s.evicted) and s.config is not None}
+        return {s.name: s.config for s in self.engine.models() if s.servable and s.config is not None}
 
     def _apply_all(self, placement: Placement) -> None:
         """Apply model by model, those that shrink first: memory they free is there for the rest."""
 
+        views = {view.name: view for view in self.engine.models()}
+
         def growth(name: str) -> int:
-            state = self.engine.manager.state(name)
-            now = sum(g.count for g in state.placement.groups) if state.placement else 0
+            view = views.get(name)
+            now = sum(g.count for g in view.placement.groups) if view and view.placement else 0
             return sum(g.count for g in placement[name].groups) - now
 
         for name in sorted(placement, key=growth):
@@ -226,24 +223,21 @@ class Allocator:
                 self._failed[name] = (model_placement, time.monotonic() + min(60.0, 2.0 * 2 ** (tries - 1)), tries)
                 log.error("placement of %s failed (%d in a row), it keeps its previous one: %s", name, tries, exc)
 
-    def _model_file(self, name: str, config: ModelConfig) -> Path:
-        source = self.engine.manager.repository.source(name)
-        return source.versions[source.latest_version] / config.default_model_filename
-
-    def _variants(self, name: str, config: ModelConfig) -> dict[str, tuple[str, float]]:
-        """variant -> (file hash, fidelity loss) of the model's original and variants; cached
-        until the original or the variants folder changes."""
-        original = self._model_file(name, config)
-        if not original.is_file():
-            return {}
-        folder = original.parent / VARIANTS_DIR
-        stamp = (original.stat().st_mtime_ns, folder.stat().st_mtime_ns if folder.is_dir() else 0)
-        cached = self._hashes.get(name)
-        if cached is None or cached[0] != stamp:
-            files = variant_files(original.parent, config.default_model_filename)
-            cached = (stamp, {v: (file_hash(path), loss) for v, (path, loss) in files.items()})
-            self._hashes[name] = cached
-        return cached[1]
+    def _variants(self, name: str) -> dict[str, tuple[str, float]]:
+        """variant -> (file hash, fidelity loss) of the model's original and variants; each hash
+        cached until its file changes (size, mtime)."""
+        found: dict[str, tuple[str, float]] = {}
+        for variant, (path, loss) in self.engine.model_files(name).items():
+            if not path.is_file():
+                continue
+            stat = path.stat()
+            stamp = (stat.st_size, stat.st_mtime_ns)
+            cached = self._hashes.get(str(path))
+            if cached is None or cached[0] != stamp:
+                cached = (stamp, file_hash(path))
+                self._hashes[str(path)] = cached
+            found[variant] = (cached[1], loss)
+        return found
 
 
 def _solo_service_ms(placement: ModelPlacement, candidates: list[Candidate]) -> float:

@@ -13,16 +13,16 @@ task metric had nothing to judge (no sample where either side detected anything)
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from ..config import ModelConfig
+from ..repository import file_hash
 from ..tensors import numpy_dtype
-from .store import file_hash
+from ..variant_layout import Fidelity
 
 Inputs = dict[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
@@ -52,35 +52,6 @@ class TaskMetric:
     name: str
     output: str
     fn: TaskFn
-
-
-@dataclass(frozen=True)
-class Fidelity:
-    """How close a variant's outputs are to fp32's, on `samples` evaluation inputs."""
-
-    max_abs_error: float
-    mean_abs_error: float
-    cosine: float  # the lowest over the outputs
-    task_metric: str | None
-    task_agreement: float | None
-    samples: int
-    task_support: int | None = None  # samples where the task metric had something to judge
-    outputs: dict[str, dict[str, float]] = field(default_factory=dict)  # per output: the three measures
-
-    @property
-    def loss(self) -> float:
-        if self.task_agreement is not None and self.task_support:
-            return float(min(max(1.0 - self.task_agreement, 0.0), 1.0))
-        return float(min(max(1.0 - self.cosine, 0.0), 1.0))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Fidelity:
-        names = {"max_abs_error", "mean_abs_error", "cosine", "task_metric", "task_agreement", "samples",
-                 "task_support", "outputs"}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 # --- measures ----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..backends.base import ExecutionConfig
 from ..config import ModelConfig
-from ..engine.placement import InstanceGroup, ModelPlacement, Placement
+from ..engine import InstanceGroup, ModelPlacement, Placement
 from .profile import Profile
 
 
@@ -49,10 +49,11 @@ class PlanResult:
 
 
 def resolve_tokens(config: ExecutionConfig, cores: int, capacities: Mapping[str, int] | None = None) -> int:
-    """Tokens an instance holds, as the executor's pool grants them: threads 0 means the whole
-    processor ("cpu": `cores`; others: `capacities`, 1 by default), clamped to [1, capacity]."""
-    capacity = cores if config.processor == "cpu" else (capacities or {}).get(config.processor, 1)
-    return max(1, min(config.threads or capacity, capacity))
+    """Tokens an instance holds, as the engine's processors grant them (`Processor.tokens`): on
+    the CPU its threads, 0 meaning every core; on an accelerator one execution."""
+    if config.processor != "cpu":
+        return 1
+    return max(1, min(config.threads or cores, cores))
 
 
 def candidates_from_profiles(

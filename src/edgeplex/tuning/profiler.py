@@ -25,7 +25,7 @@ import numpy as np
 from ..backends import Backend, ExecutionConfig, Session, available_backends, get_backend
 from ..backends.base import measure_rss, prime, release_freed_memory
 from ..config import ModelConfig
-from ..engine.runner import warmup_inputs
+from ..engine import warmup_inputs
 from ..errors import EdgeplexError
 from .profile import Profile
 from .store import Failure, ProfileStore, file_hash, machine_id

@@ -12,7 +12,6 @@ processes thanks to SQLite's own locking (busy timeout).
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import platform
@@ -26,6 +25,7 @@ from typing import Any
 
 from ..backends.base import ExecutionConfig
 from ..errors import EdgeplexError
+from ..repository import file_hash as file_hash  # profiles are keyed by it
 from .profile import Profile
 
 # Bump when the table changes. Older stores are dropped and re-measured (profiles are a cache of
@@ -61,15 +61,6 @@ class Failure:
     machine: str
     reason: str
     measured_at: float
-
-
-def file_hash(path: Path) -> str:
-    """sha256 of a model file: the profile key's notion of "the same model"."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_field(path: str, field: str) -> str:

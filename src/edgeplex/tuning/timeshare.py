@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from ..engine.placement import TURN, InstanceGroup, ModelPlacement, Placement
+from ..engine import InstanceGroup, ModelPlacement, Placement
 from .policies import Candidate, PlanResult, shares, slowdown_of
 
 # Combinations evaluated per plan (each costs up to ~0.3 ms: the allocator re-plans every few
@@ -89,7 +89,7 @@ def plan_shared(
             result.turns[m] = ModelPlacement(
                 m, [InstanceGroup(small.config, 1, small.memory_bytes)], 0.0,
                 f"takes turns in memory: 1x {small.config.backend}/{small.config.variant}, its smallest config "
-                f"({small.memory_bytes / 1e6:.1f} MB)", {"share": raw[m], TURN: 1.0})
+                f"({small.memory_bytes / 1e6:.1f} MB)", turn=True, share=raw[m])
         return result
     for m in models:
         unplaced[m] = "no config of it fits the memory budget"
@@ -259,5 +259,5 @@ def _result(best: dict[str, tuple[Candidate, int]], d: Mapping[str, float], caps
         cfg = c.config
         why = (f"{n}x {cfg.backend}/{cfg.processor}/{cfg.variant} t{c.threads}: {1000 * _cost(c, m, slowdown):.1f} "
                f"core-ms per request (the best of its configs for the {len(chosen)}-model mix)")
-        placement[m] = ModelPlacement(m, [InstanceGroup(cfg, n, c.memory_bytes)], capacity[m], why, {"share": share})
+        placement[m] = ModelPlacement(m, [InstanceGroup(cfg, n, c.memory_bytes)], capacity[m], why, share=share)
     return PlanResult(placement, lam, capacity, unplaced, "timeshare")

@@ -1,7 +1,6 @@
 """Variants of a model: INT8 (dynamic, static QDQ), FP16 and magnitude-pruned files, with their fidelity.
 
-    <repo>/<model>/<version>/variants/<variant>.onnx    the variant (the engine serves it by name)
-    <repo>/<model>/<version>/variants/<variant>.json    method, parameters, sizes, fidelity, loss
+Where they are written and how they read back is `variant_layout.py` (the one owner of the layout).
 
 A variant is written only once it has loaded in ONNX Runtime with the original's signature and
 its fidelity has been measured (tuning/fidelity.py): both files go to temp files in the same
@@ -19,7 +18,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +25,18 @@ import onnxruntime as ort
 
 from ..config import ModelConfig
 from ..errors import EdgeplexError
-from .fidelity import Fidelity, Reference
+from ..repository import file_hash
+from ..variant_layout import VARIANTS_DIR, VariantInfo, metadata_path, variant_path
+
+# What callers of the optimiser read back of its results (the layout module owns them).
+from ..variant_layout import list_variants as list_variants
+from ..variant_layout import variant_files as variant_files
+from ..variant_layout import variant_summary as variant_summary
+from .fidelity import Reference
 from .methods import describe, quiet_quantiser, transform_for
-from .store import file_hash
 
 log = logging.getLogger(__name__)
 
-VARIANTS_DIR = "variants"
 DEFAULT_VARIANTS: tuple[str, ...] = ("int8-dynamic", "int8-static", "fp16", "pruned-50")
 
 
@@ -46,84 +49,6 @@ def pruned_name(sparsity: float) -> str:
     if not 0.0 < sparsity < 1.0 or not 1 <= round(100 * sparsity) <= 99:
         raise ValueError(f"sparsity must be within 0.01..0.99, got {sparsity}")
     return f"pruned-{round(100 * sparsity)}"
-
-
-@dataclass(frozen=True)
-class VariantInfo:
-    """A variant's metadata file, read back (`path` is the variant's ONNX file)."""
-
-    variant: str
-    method: str
-    parameters: dict[str, Any]
-    path: Path
-    size_bytes: int
-    original_size_bytes: int
-    fidelity: Fidelity
-    loss: float
-    created_at: float
-    onnxruntime: str
-    sha256: str
-    source_sha256: str
-
-    @property
-    def size_ratio(self) -> float:
-        return self.size_bytes / max(self.original_size_bytes, 1)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"variant": self.variant, "method": self.method, "parameters": self.parameters, "file": self.path.name,
-                "size_bytes": self.size_bytes, "original_size_bytes": self.original_size_bytes,
-                "fidelity": self.fidelity.to_dict(), "loss": self.loss, "created_at": self.created_at,
-                "onnxruntime": self.onnxruntime, "sha256": self.sha256, "source_sha256": self.source_sha256}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any], folder: Path) -> VariantInfo:
-        return cls(str(data["variant"]), str(data["method"]), dict(data["parameters"]), folder / str(data["file"]),
-                   int(data["size_bytes"]), int(data["original_size_bytes"]), Fidelity.from_dict(data["fidelity"]),
-                   float(data["loss"]), float(data["created_at"]), str(data["onnxruntime"]), str(data["sha256"]),
-                   str(data["source_sha256"]))
-
-
-def list_variants(version_dir: Path, source: Path | None = None) -> dict[str, VariantInfo]:
-    """The variants of a model version, by name, from their metadata files. Unreadable or
-    inconsistent ones are skipped with a warning, and so are variants made from another
-    original than `source` (when given: the current model file)."""
-    folder = version_dir / VARIANTS_DIR
-    source_hash = file_hash(source) if source is not None and source.is_file() else None
-    found: dict[str, VariantInfo] = {}
-    for meta in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        if meta.name.startswith("."):
-            continue
-        try:
-            info = VariantInfo.from_json(json.loads(meta.read_text()), folder)
-            if info.variant != meta.stem or info.path.name != f"{meta.stem}.onnx":
-                raise ValueError(f"names variant '{info.variant}' / file '{info.path.name}'")
-            if not info.path.is_file() or info.path.stat().st_size != info.size_bytes:
-                raise ValueError(f"{info.path.name} is missing or not {info.size_bytes} bytes")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("variant metadata %s skipped: %s", meta, exc)
-            continue
-        if source_hash is not None and info.source_sha256 != source_hash:
-            log.warning("variant %s skipped: made from another version of %s", meta, source)
-            continue
-        found[info.variant] = info
-    return found
-
-
-def variant_summary(info: VariantInfo, in_use: bool = False) -> dict[str, Any]:
-    """What `edgeplex models` and the model metadata show of a variant."""
-    fidelity = info.fidelity
-    return {"name": info.variant, "method": info.method, "size_bytes": info.size_bytes,
-            "size_ratio": round(info.size_ratio, 4), "loss": round(info.loss, 6),
-            "cosine": round(fidelity.cosine, 6), "task_metric": fidelity.task_metric,
-            "task_agreement": fidelity.task_agreement, "in_use": in_use}
-
-
-def variant_files(version_dir: Path, model_filename: str = "model.onnx") -> dict[str, tuple[Path, float]]:
-    """variant -> (file, fidelity loss), the original as "fp32" with loss 0: what the profiler takes."""
-    original = version_dir / model_filename
-    files = {"fp32": (original, 0.0)}
-    files.update({name: (info.path, info.loss) for name, info in list_variants(version_dir, original).items()})
-    return files
 
 
 # --- the entry points ----------------------------------------------------------------------------
@@ -163,12 +88,12 @@ def optimize(version_dir: Path, config: ModelConfig, variant: str, *, samples: i
         with tempfile.TemporaryDirectory(prefix="edgeplex-optimize-") as work, quiet_quantiser():
             parameters = transform(ref.original, onnx_tmp, Path(work), ref)
         fidelity = ref.evaluate(onnx_tmp)
-        info = VariantInfo(variant, kind, parameters, folder / f"{variant}.onnx", onnx_tmp.stat().st_size,
+        info = VariantInfo(variant, kind, parameters, variant_path(version_dir, variant), onnx_tmp.stat().st_size,
                            ref.original.stat().st_size, fidelity, fidelity.loss, time.time(), ort.__version__,
                            file_hash(onnx_tmp), ref.model_hash)
         json_tmp.write_text(json.dumps(info.to_json(), indent=2) + "\n")
         os.replace(onnx_tmp, info.path)
-        os.replace(json_tmp, folder / f"{variant}.json")
+        os.replace(json_tmp, metadata_path(version_dir, variant))
         return info
     except BaseException as exc:
         for tmp in temps:
