@@ -201,6 +201,15 @@ def test_pbtxt_backend_field_and_defaults(tmp_path: Path) -> None:
     assert config.max_batch_size == 0
 
 
+def test_pbtxt_gpu_instances_run_on_that_cuda_device(tmp_path: Path) -> None:
+    path = tmp_path / "config.pbtxt"
+    path.write_text('backend: "onnxruntime"\ninstance_group [ { count: 2, kind: KIND_GPU, gpus: [ 1 ] } ]\n')
+    config = validate_config({**read_config_file(path, "m"), "name": "m"}, path)
+    assert (config.processor, config.instance_count) == ("cuda:1", 2)
+    with pytest.raises(ConfigError, match="processor"):
+        validate_config({"name": "m", "processor": "CUDA 0"}, path)
+
+
 def test_pbtxt_unknown_platform_is_named(tmp_path: Path) -> None:
     path = tmp_path / "config.pbtxt"
     path.write_text('name: "m"\nplatform: "tensorflow_savedmodel"\n')

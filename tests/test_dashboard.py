@@ -34,9 +34,9 @@ from edgeplex.bench.process import running_server
 from edgeplex.engine import Engine, InferRequest
 from edgeplex.engine.stats import ModelStats, percentile_ms
 from edgeplex.server.http import build_app
+from edgeplex.tuning.fronts import ProfileFronts
 from edgeplex.tuning.profile import Profile
 from edgeplex.tuning.profiler import current_backend_versions
-from edgeplex.tuning.fronts import ProfileFronts
 from edgeplex.tuning.store import ProfileStore, file_hash, machine_id
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

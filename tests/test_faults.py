@@ -15,8 +15,7 @@ from models import add_model, slow_model, write_config
 from onnx import TensorProto, helper
 
 from edgeplex.backends import ExecutionConfig
-from edgeplex.engine import Engine, InferRequest
-from edgeplex.engine import EVICTED_REASON
+from edgeplex.engine import EVICTED_REASON, Engine, InferRequest, ManualClock
 from edgeplex.engine.placement import InstanceGroup, ModelPlacement
 from edgeplex.errors import BackendError, ModelNotReady
 from edgeplex.tuning.allocator import Allocator
@@ -60,7 +59,8 @@ def test_a_model_that_cannot_come_back_is_refused_at_once_with_back_off(tmp_path
     for name, pinned in (("a", False), ("b", True)):
         slow_model(tmp_path / name / "1" / "model.onnx", size=512, layers=8)  # 8.4 MB each
         write_config(tmp_path / name, max_batch_size=8, pinned=pinned)
-    engine = Engine(tmp_path, cores=1)
+    clock = ManualClock()  # the back-off's timers, advanced instead of slept out
+    engine = Engine(tmp_path, cores=1, clock=clock)
     try:
         assert engine.load_all() == {}
         # b (pinned) and half a's file fit; a cannot come back beside b.
@@ -71,17 +71,17 @@ def test_a_model_that_cannot_come_back_is_refused_at_once_with_back_off(tmp_path
         with pytest.raises(ModelNotReady, match=f"memory budget is {budget / 1e6:.1f} MB"):
             engine.infer(InferRequest("a", x))
         started = time.monotonic()
-        with pytest.raises(ModelNotReady, match=r"could not be loaded back \(1 tries failed.*next try in"):
+        with pytest.raises(ModelNotReady, match=r"could not be loaded back \(1 tries failed.*next try in 0\.5 s"):
             engine.infer(InferRequest("a", x))
         assert time.monotonic() - started < 0.1  # no load attempted
-        time.sleep(0.6)
+        clock.advance(0.6)
         with pytest.raises(ModelNotReady, match="memory budget"):  # tried again after the back-off
             engine.infer(InferRequest("a", x))
-        with pytest.raises(ModelNotReady, match=r"2 tries failed.*next try in (0\.\d|1\.0) s"):
+        with pytest.raises(ModelNotReady, match=r"2 tries failed.*next try in 1\.0 s"):
             engine.infer(InferRequest("a", x))
         assert engine.infer(InferRequest("b", x)).outputs["y"].shape == (1, 512)
         engine.unload("b")
-        time.sleep(1.1)
+        clock.advance(1.1)
         assert engine.infer(InferRequest("a", x)).outputs["y"].shape == (1, 512)  # room again: it comes back
         assert engine.manager.state("a").reload_failures == 0
     finally:

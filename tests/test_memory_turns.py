@@ -15,9 +15,9 @@ import pytest
 from models import slow_model, write_config
 
 from edgeplex.backends import ExecutionConfig
-from edgeplex.engine import Engine, InferRequest
-from edgeplex.engine.registry import RESIDENCY_MAX_S
+from edgeplex.engine import Clock, Engine, InferRequest, ManualClock, SystemClock
 from edgeplex.engine.placement import InstanceGroup, ModelPlacement
+from edgeplex.engine.registry import RESIDENCY_MAX_S
 from edgeplex.errors import EdgeplexError, MemoryFull
 
 X = {"x": np.ones((1, 256), np.float32)}
@@ -31,12 +31,12 @@ def _repo(root: Path, names: tuple[str, ...] = ("a", "b")) -> Path:
     return root
 
 
-def _at_ten_mb(tmp_path: Path, names: tuple[str, ...], evicted: tuple[str, ...]) -> Engine:
+def _at_ten_mb(tmp_path: Path, names: tuple[str, ...], evicted: tuple[str, ...], clock: Clock | None = None) -> Engine:
     """`names` loaded and accounted at 10 MB each (as if profiled) under a 15 MB budget (one at a
     time), then `evicted` evicted for memory."""
     from edgeplex.engine import EVICTED_REASON
 
-    engine = Engine(_repo(tmp_path, names), cores=2)
+    engine = Engine(_repo(tmp_path, names), cores=2, clock=clock or SystemClock())
     assert engine.load_all() == {}
     for name in names:
         engine.apply(ModelPlacement(name, [InstanceGroup(ONE_THREAD, 1, 10_000_000)]))
@@ -327,14 +327,15 @@ def test_an_evicted_model_unloaded_for_good_is_not_loaded_again_by_a_request(tmp
 
 
 def test_a_turn_goes_to_the_model_waiting_longest(tmp_path: Path) -> None:
-    engine = _at_ten_mb(tmp_path, ("a", "b", "c"), evicted=("b", "c"))
+    clock = ManualClock()
+    engine = _at_ten_mb(tmp_path, ("a", "b", "c"), evicted=("b", "c"), clock=clock)
     manager = engine.manager
     try:
         a = manager.state("a")
-        a.loaded_at, a.load_seconds = time.monotonic(), 0.05  # a's turn ends in 0.5 s
+        a.loaded_at, a.load_seconds = clock.monotonic(), 0.05  # a's turn ends in 0.5 s
         with pytest.raises(MemoryFull):  # b starts waiting first
             manager.ensure_loaded("b", wait_s=0.0)
-        time.sleep(0.6)
+        clock.advance(0.6)
         with pytest.raises(MemoryFull, match="behind b"):  # a's turn is over, but b waits longer
             manager.ensure_loaded("c", wait_s=0.0)
         manager.ensure_loaded("b", wait_s=0.0)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigError
-from .tensors import V2_TO_NUMPY
+from .tensors import DEFAULT_MAX_ELEMENTS, V2_TO_NUMPY
 
 KNOWN_BACKENDS = ("onnxruntime", "openvino")
 
@@ -184,6 +184,9 @@ def _pbtxt_fields(text: str, path: Path) -> dict[str, Any]:
         fields["outputs"] = [spec(t) for t in proto.output]
     if proto.instance_group:
         fields["instance_count"] = sum(max(group.count, 1) for group in proto.instance_group)
+        gpu = next((g for g in proto.instance_group if g.kind == mc.ModelInstanceGroup.KIND_GPU), None)
+        if gpu is not None:  # Triton's GPU instances: ONNX Runtime's CUDA providers on that device
+            fields["processor"] = f"cuda:{gpu.gpus[0] if gpu.gpus else 0}"
     if proto.default_model_filename:
         fields["default_model_filename"] = proto.default_model_filename
     if proto.HasField("dynamic_batching"):
@@ -252,7 +255,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # HTTP bodies (inflated too) and gRPC messages
-DEFAULT_MAX_TENSOR_ELEMENTS = 1 << 26  # per input tensor, both protocols
+DEFAULT_MAX_TENSOR_ELEMENTS = DEFAULT_MAX_ELEMENTS  # per input tensor, both protocols (the codec's own bound)
 DEFAULT_DRAIN_SECONDS = 10.0
 DEFAULT_POLICY: Policy = "pareto"
 DEFAULT_SCHEDULING: Scheduling = "priority"

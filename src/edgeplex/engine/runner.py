@@ -217,6 +217,11 @@ class ModelRunner:
             response = InferResponse(request.model_name, self.version, {k: part[k] for k in wanted}, id=request.id)
             job.future.set_result(response)
 
+    @property
+    def flows(self) -> dict[str, Flow]:
+        """Its claims on the processors it has computed on under fair sharing, by processor."""
+        return dict(self._flows)
+
     def _flow(self, processor: str) -> Flow:
         flow = self._flows.get(processor)
         if flow is None:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import uvicorn
 
-from ..config import ServerConfig
+from ..config import DEFAULT_DRAIN_SECONDS, ServerConfig
 from ..engine import Engine
 from .dashboard import FrontsSource
 from .grpc import start_grpc_server
@@ -34,7 +34,7 @@ class _HttpServer(uvicorn.Server):
 async def serve(
     engine: Engine,
     config: ServerConfig,
-    drain_seconds: float = 10.0,
+    drain_seconds: float = DEFAULT_DRAIN_SECONDS,
     on_started: Callable[[int, int], None] | None = None,
     on_stopping: Callable[[], None] | None = None,
     fronts: FrontsSource | None = None,

@@ -19,6 +19,7 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
+from ..config import DEFAULT_MAX_BODY_BYTES
 from ..engine import Engine, InferRequest, InferResponse
 from ..errors import EdgeplexError, Forbidden, InvalidInput
 from ..tensors import (
@@ -351,7 +352,7 @@ def _register(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
 
 
 async def start_grpc_server(
-    engine: Engine, host: str, port: int, max_message_bytes: int = 64 * 1024 * 1024, *,
+    engine: Engine, host: str, port: int, max_message_bytes: int = DEFAULT_MAX_BODY_BYTES, *,
     api_key: str | None = None, repository_api: bool = False, max_tensor_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> tuple[grpc.aio.Server, int]:
     """Start serving `engine` on host:port (0 = a free port); returns the server and its port.

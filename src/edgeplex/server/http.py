@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
+from ..config import DEFAULT_MAX_BODY_BYTES
 from ..engine import Engine
 from ..errors import EdgeplexError, Forbidden, InvalidInput, ModelNotReady, PayloadTooLarge
 from ..tensors import DEFAULT_MAX_ELEMENTS
@@ -85,7 +86,7 @@ class UnexpectedErrors:
 
 
 def build_app(
-    engine: Engine, max_body_bytes: int = 64 * 1024 * 1024, fronts: FrontsSource | None = None, *,
+    engine: Engine, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, fronts: FrontsSource | None = None, *,
     api_key: str | None = None, repository_api: bool = False, max_tensor_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> Any:
     """The ASGI application serving `engine`; `fronts`: where the dashboard's Pareto fronts come
