@@ -37,14 +37,8 @@ from edgeplex.tuning.fidelity import (
     text_agreement,
     top1_agreement,
 )
-from edgeplex.tuning.variants import (
-    VariantError,
-    list_variants,
-    optimize,
-    pruned_name,
-    requested_variants,
-    variant_files,
-)
+from edgeplex.tuning.variants import VariantError, optimize, pruned_name, requested_variants
+from edgeplex.variant_layout import list_variants, variant_files
 
 SAMPLES = 8
 WEIGHTS = ("c1", "c2", "m1", "g1")

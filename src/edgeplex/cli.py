@@ -94,7 +94,7 @@ def _zoo(args: argparse.Namespace) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     from .repository import Repository
-    from .tuning.variants import list_variants, variant_summary
+    from .variant_layout import list_variants, variant_summary
 
     repository = Repository(args.repository)
     in_use = _variants_in_use(args.url)

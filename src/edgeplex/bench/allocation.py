@@ -18,7 +18,7 @@ from ..repository import Repository
 from ..tuning.allocator import SWAP_HEADROOM
 from ..tuning.profiler import profile_model
 from ..tuning.store import ProfileStore, file_hash
-from ..tuning.variants import variant_files
+from ..variant_layout import variant_files
 from ..zoo import example_inputs
 from . import clients
 from .loadgen import closed_loop

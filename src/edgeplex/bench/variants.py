@@ -33,7 +33,8 @@ from ..tuning.methods import describe
 from ..tuning.profile import Profile
 from ..tuning.profiler import current_backend_versions, inputs_for, measure
 from ..tuning.store import Failure, ProfileStore, file_hash, machine_id
-from ..tuning.variants import DEFAULT_VARIANTS, VariantError, VariantInfo, optimize_model, variant_files
+from ..tuning.variants import DEFAULT_VARIANTS, VariantError, optimize_model
+from ..variant_layout import VariantInfo, variant_files
 from ..zoo import ZOO, example_inputs
 from . import clients
 from .cpu import foreign_cpu, process_cpu_seconds

@@ -91,12 +91,12 @@ class EngineCollector(Collector):
         busy = CounterMetricFamily(
             "edgeplex_processor_busy_seconds", "Token-seconds held (rate / capacity = utilisation)", labels=processor
         )
-        for view in self.engine.processors():
-            key = [view.name, view.kind]
-            tokens.add_metric(key, view.in_use)
-            capacity.add_metric(key, view.capacity)
-            waiting.add_metric(key, view.waiting)
-            busy.add_metric(key, view.busy_seconds)
+        for processor_view in self.engine.processors():
+            key = [processor_view.name, processor_view.kind]
+            tokens.add_metric(key, processor_view.in_use)
+            capacity.add_metric(key, processor_view.capacity)
+            waiting.add_metric(key, processor_view.waiting)
+            busy.add_metric(key, processor_view.busy_seconds)
         yield from (tokens, capacity, waiting, busy)
 
 

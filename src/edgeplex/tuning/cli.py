@@ -17,11 +17,11 @@ from tqdm import tqdm
 
 from ..config import default_cores
 from ..errors import EdgeplexError
+from ..variant_layout import variant_files
 from .pareto import pareto_front
 from .profile import Profile
 from .profiler import Step, candidate_batches, candidate_configs, profile_model
 from .store import ProfileStore, default_store_path
-from .variants import variant_files
 
 if TYPE_CHECKING:
     from ..repository import Repository

@@ -27,11 +27,6 @@ from ..config import ModelConfig
 from ..errors import EdgeplexError
 from ..repository import file_hash
 from ..variant_layout import VARIANTS_DIR, VariantInfo, metadata_path, variant_path
-
-# What callers of the optimiser read back of its results (the layout module owns them).
-from ..variant_layout import list_variants as list_variants
-from ..variant_layout import variant_files as variant_files
-from ..variant_layout import variant_summary as variant_summary
 from .fidelity import Reference
 from .methods import describe, quiet_quantiser, transform_for
 
