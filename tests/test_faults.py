@@ -96,16 +96,27 @@ def _on_a_missing_processor() -> ModelPlacement:
 
 def test_a_placement_that_fails_is_not_retried_in_a_loop(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     add_model(tmp_path / "add" / "1" / "model.onnx")
-    engine = Engine(tmp_path, cores=1)
+    clock = ManualClock()
+    engine = Engine(tmp_path, cores=1, clock=clock)
     try:
         assert engine.load_all() == {}
         allocator = Allocator(engine, "static")
         impossible = _on_a_missing_processor()
+
+        def failures() -> list[str]:
+            return [r.getMessage() for r in caplog.records if "placement of add failed" in r.getMessage()]
+
         with caplog.at_level(logging.ERROR, logger="edgeplex.tuning.allocator"):
             for _ in range(5):
                 allocator._apply_all({"add": impossible})
-        failures = [r.getMessage() for r in caplog.records if "placement of add failed" in r.getMessage()]
-        assert len(failures) == 1 and "cuda:7" in failures[0]
+            assert len(failures()) == 1 and "cuda:7" in failures()[0] and "(1 in a row)" in failures()[0]
+            clock.advance(1.9)  # within the 2 s back-off: still not retried
+            allocator._apply_all({"add": impossible})
+            assert len(failures()) == 1
+            clock.advance(0.2)  # past it: tried again, and the next back-off doubles
+            for _ in range(3):
+                allocator._apply_all({"add": impossible})
+            assert len(failures()) == 2 and "(2 in a row)" in failures()[1]
         (instance,) = engine.manager.runner("add").instances  # it keeps the placement it had
         assert instance.config.processor == "cpu"
         assert engine.infer(InferRequest("add", {"x": np.ones((1, 4), np.float32)})).outputs["y"].shape == (1, 4)

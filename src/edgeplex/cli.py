@@ -149,6 +149,10 @@ def _placement(args: argparse.Namespace) -> int:
     budget = report.get("memory_budget")
     print(f"cores {report['cores']}, memory {report['memory_used'] / 1e6:.0f} MB used"
           + (f" of {budget / 1e6:.0f} MB" if budget else " (no budget)"))
+    for processor in report.get("processors", []):
+        models = ", ".join(processor["models"]) or "-"
+        print(f"processor {processor['name']:<10} {processor['kind']:<8} capacity {processor['capacity']:>3}, "
+              f"in use {processor['in_use']}, busy {processor['busy_seconds']:.1f} token-s, models: {models}")
     print(f"{'model':<12} {'state':<11} {'placement':<44} {'cap/s':>7} {'slowdown':>8}  reason (last change)")
     for model in report["models"]:
         groups = " + ".join(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from contextlib import AbstractContextManager
 from dataclasses import replace
 
@@ -213,14 +212,15 @@ class Allocator:
             if self._stop.is_set():
                 return
             failed = self._failed.get(name)
-            if failed and failed[0].same_configs(model_placement) and time.monotonic() < failed[1]:
+            if failed and failed[0].same_configs(model_placement) and self.engine.clock.monotonic() < failed[1]:
                 continue  # this very placement failed a moment ago: back off instead of looping
             try:
                 self.engine.apply(model_placement)
                 self._failed.pop(name, None)
             except Exception as exc:  # one model's failed swap leaves it as it was; the rest go on
                 tries = failed[2] + 1 if failed and failed[0].same_configs(model_placement) else 1
-                self._failed[name] = (model_placement, time.monotonic() + min(60.0, 2.0 * 2 ** (tries - 1)), tries)
+                self._failed[name] = (model_placement, self.engine.clock.monotonic() + min(60.0, 2.0 * 2 ** (tries - 1)),
+                                      tries)
                 log.error("placement of %s failed (%d in a row), it keeps its previous one: %s", name, tries, exc)
 
     def _variants(self, name: str) -> dict[str, tuple[str, float]]:

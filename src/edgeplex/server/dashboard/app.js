@@ -178,10 +178,12 @@ function renderCards(snapshot, r) {
   $("pools").replaceChildren(...snapshot.pools.map((p) => {
     const util = r.pools.get(p.processor);
     return el("div", { class: "pool", "data-processor": p.processor },
-      el("span", { class: "pool-name" }, p.processor),
+      el("span", { class: "pool-name", title: `${p.kind ?? ""} · models: ${(p.models ?? []).join(", ") || "none"}` },
+        p.processor),
       el("div", { class: "pool-bar" }, el("div", { class: "busy", style: `width:${util ?? 0}%` })),
       el("span", { class: "pool-text", "data-field": "pool" },
-        `${util === undefined ? "–" : util.toFixed(0)}% busy · ${p.in_use}/${p.capacity} tokens in use · ${p.waiting} waiting`));
+        `${util === undefined ? "–" : util.toFixed(0)}% busy · ${p.in_use}/${p.capacity} tokens in use · ${p.waiting} waiting`
+        + ((p.models ?? []).length ? ` · ${p.models.join(", ")}` : "")));
   }));
 }
 
