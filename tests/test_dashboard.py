@@ -259,8 +259,10 @@ def test_dashboard_shows_what_the_api_reports(tmp_path: Path, browser: Any) -> N
         _eventually(placed_by_pareto, 15, "pareto placing both models")
 
         def text(selector: str) -> str:
-            return str(browser.execute_script(
-                "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;", selector))
+            """The element's text; "" while the page has not drawn it yet (a missing row is not a value)."""
+            shown = browser.execute_script(
+                "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;", selector)
+            return "" if shown is None else str(shown)
 
         def cell(model: str, field: str) -> str:
             return text(f'#models tr[data-model="{model}"] td[data-field="{field}"]')

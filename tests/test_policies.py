@@ -15,7 +15,6 @@ from edgeplex.tuning.policies import (
     candidates_from_profiles,
     should_switch,
     static_placement,
-    update_slowdown,
 )
 from edgeplex.tuning.profile import Profile
 from edgeplex.tuning.timeshare import plan_shared
@@ -28,19 +27,6 @@ def test_hysteresis() -> None:
     assert should_switch(100.0, 115.0)
     assert not should_switch(100.0, 90.0)
     assert should_switch(0.0, 1.0) and not should_switch(0.0, 0.0)
-
-
-def test_update_slowdown_smooths_and_clamps() -> None:
-    assert update_slowdown(1.0, 20.0, 10.0) == pytest.approx(0.85)  # 0.7 * 1 + 0.3 * 0.5
-    s = 1.0
-    for _ in range(50):
-        s = update_slowdown(s, 20.0, 10.0)
-    assert s == pytest.approx(0.5)
-    assert update_slowdown(1.0, 5.0, 10.0) == 1.0  # faster than solo is noise: capped at 1
-    assert update_slowdown(0.06, 1000.0, 1.0, alpha=1.0) == 0.05
-    assert update_slowdown(0.7, 0.0, 10.0) == 0.7  # no measurement, no change
-    with pytest.raises(ValueError):
-        update_slowdown(1.0, 1.0, 1.0, alpha=0.0)
 
 
 def test_candidates_from_profiles() -> None:

@@ -3,7 +3,7 @@ the rest of this package is its insides (model lifecycle, token pools, runners).
 
 from .clock import Clock, ManualClock, SystemClock
 from .engine import Engine, Memory, VersionActivity
-from .monitor import ModelLoad, Monitor
+from .monitor import ConfigLoad, ModelLoad, Monitor
 from .placement import InstanceGroup, ModelPlacement, Placement
 from .processors import CPU, Processor, ProcessorView
 from .registry import EVICTED_REASON, Decision, ModelView
@@ -11,7 +11,7 @@ from .request import InferRequest, InferResponse
 from .runner import warmup_inputs
 
 __all__ = [
-    "CPU", "EVICTED_REASON", "Clock", "Decision", "Engine", "InferRequest", "InferResponse", "InstanceGroup",
+    "CPU", "EVICTED_REASON", "Clock", "ConfigLoad", "Decision", "Engine", "InferRequest", "InferResponse", "InstanceGroup",
     "ManualClock", "Memory", "ModelLoad", "ModelPlacement", "ModelView", "Monitor", "Placement", "Processor",
     "ProcessorView", "SystemClock", "VersionActivity", "warmup_inputs",
 ]

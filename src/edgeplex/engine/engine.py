@@ -11,10 +11,11 @@ import logging
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..backends import ExecutionConfig
 from ..config import ModelConfig, default_cores
 from ..errors import EdgeplexError, MemoryFull, ModelEvicted, ServerShuttingDown
 from ..repository import Repository
@@ -27,7 +28,7 @@ from .processors import Processor, Processors, ProcessorView, discover
 from .registry import READY, ModelView
 from .request import InferRequest, InferResponse
 from .scheduler import discipline
-from .stats import ModelStats
+from .stats import ConfigCounters, ModelStats
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ class VersionActivity:
     queued: int
     memory_bytes: int
     stats: ModelStats  # cumulative counters, kept across evictions
+    # Per execution config, what its instances computed (this runner's life: a reload restarts it).
+    configs: Mapping[ExecutionConfig, ConfigCounters] = field(default_factory=dict)
 
 
 class Engine:
@@ -163,7 +166,8 @@ class Engine:
                 runner = runners.get(version)
                 found.append(VersionActivity(
                     state.name, version, runner is not None, runner.submitted if runner else 0,
-                    len(runner.queue) if runner else 0, runner.memory_bytes if runner else 0, stats))
+                    len(runner.queue) if runner else 0, runner.memory_bytes if runner else 0, stats,
+                    runner.config_counters() if runner else {}))
         return found
 
     def memory(self) -> Memory:

@@ -11,7 +11,9 @@ import threading
 import time
 from dataclasses import dataclass
 
+from ..backends import ExecutionConfig
 from .engine import Engine, VersionActivity
+from .stats import ConfigCounters
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,18 @@ class ModelLoad:
     service_ms: float  # mean compute time per row (batch row), as observed with the other tenants
     queue_ms: float  # mean time a request waited for an instance
     queued: int  # requests waiting now
+
+
+@dataclass(frozen=True)
+class ConfigLoad:
+    """What one execution config of a model was observed to take, with the other tenants: the
+    per-config feedback the allocator plans with where it has it (profiles where it has not)."""
+
+    model: str
+    config: ExecutionConfig
+    service_ms: float  # compute time per batch row, smoothed over windows (weighted by rows)
+    rows: int  # rows observed in all, ever (how much to trust `service_ms`)
+    executions: int
 
 
 @dataclass
@@ -45,7 +59,14 @@ class Monitor:
         self.smoothing = smoothing
         self._last: dict[str, _Counters] = {}
         self._loads: dict[str, ModelLoad] = {}
+        self._last_configs: dict[tuple[str, ExecutionConfig], ConfigCounters] = {}
+        self._config_loads: dict[tuple[str, ExecutionConfig], ConfigLoad] = {}
         self._lock = threading.Lock()
+
+    def config_loads(self) -> dict[tuple[str, ExecutionConfig], ConfigLoad]:
+        """(model, config) -> what that config was observed to take, for every config that ran."""
+        with self._lock:
+            return dict(self._config_loads)
 
     def loads(self) -> dict[str, ModelLoad]:
         """The latest sample of every model (empty until `sample` ran twice)."""
@@ -60,6 +81,7 @@ class Monitor:
                 by_model.setdefault(version.model, []).append(version)
         with self._lock:
             for name, versions in by_model.items():
+                self._learn_configs(name, versions)
                 counters = self._read(versions, now)
                 previous = self._last.get(name)
                 self._last[name] = counters
@@ -67,6 +89,32 @@ class Monitor:
                     continue
                 self._loads[name] = self._window(name, previous, counters)
             return dict(self._loads)
+
+    def _learn_configs(self, name: str, versions: list[VersionActivity]) -> None:
+        """Fold each config's new executions into its smoothed service time per row: windows
+        weigh by the rows they saw, so a busy window counts more than a trickle."""
+        totals: dict[ExecutionConfig, ConfigCounters] = {}
+        for version in versions:
+            for config, counters in version.configs.items():
+                held = totals.get(config, ConfigCounters())
+                totals[config] = ConfigCounters(held.executions + counters.executions, held.rows + counters.rows,
+                                                held.compute_ns + counters.compute_ns)
+        for config, now in totals.items():
+            key = (name, config)
+            before = self._last_configs.get(key, ConfigCounters())
+            self._last_configs[key] = now
+            new = now.minus(before) if now.rows >= before.rows else now  # a reload restarts the counters
+            if new.rows <= 0:
+                continue
+            window_ms = new.compute_ns / new.rows / 1e6
+            old = self._config_loads.get(key)
+            if old is None:
+                self._config_loads[key] = ConfigLoad(name, config, window_ms, new.rows, new.executions)
+                continue
+            weight = min(0.5, new.rows / (new.rows + min(old.rows, 50)))  # older evidence decays, never vanishes
+            service = (1 - weight) * old.service_ms + weight * window_ms
+            self._config_loads[key] = ConfigLoad(name, config, service, old.rows + new.rows,
+                                                 old.executions + new.executions)
 
     @staticmethod
     def _read(versions: list[VersionActivity], now: float) -> _Counters:

@@ -25,7 +25,7 @@ from .pools import Flow
 from .processors import CPU, Processors
 from .request import InferRequest, InferResponse
 from .scheduler import DISCIPLINES, Discipline, Job, RequestQueue
-from .stats import ModelStats
+from .stats import ConfigCounters, ModelStats
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ class ModelRunner:
         self._serial = 0
         self._in_flight = 0
         self._evicted = False
+        self._by_config: dict[ExecutionConfig, ConfigCounters] = {}
         self.submitted = 0  # requests admitted to the queue, ever (the monitor's arrivals)
         self.replace_instances(instances)
 
@@ -86,6 +87,11 @@ class ModelRunner:
     def instances(self) -> list[Instance]:
         with self._lock:
             return [worker.instance for worker in self._workers]
+
+    def config_counters(self) -> dict[ExecutionConfig, ConfigCounters]:
+        """Per execution config, what its instances computed since this runner started."""
+        with self._lock:
+            return dict(self._by_config)
 
     @property
     def memory_bytes(self) -> int:
@@ -207,6 +213,9 @@ class ModelRunner:
         input_ns, infer_ns, output_ns = collated - started, computed - collated, done - computed
         self.stats.record_execution(sum(rows), input_ns, infer_ns, output_ns)
         self._learn_run_time(computed - started)
+        with self._lock:
+            counters = self._by_config.get(instance.config, ConfigCounters())
+            self._by_config[instance.config] = counters.plus(sum(rows), infer_ns)
         for job, part in zip(jobs, parts):
             request = job.request
             if job.deadline_ns < done:

@@ -29,6 +29,23 @@ class Duration:
         return {"count": self.count, "ns": self.ns}
 
 
+@dataclass(frozen=True)
+class ConfigCounters:
+    """What the instances of one execution config of a model have computed: the feedback the
+    allocator learns each config's service time under co-location from (cumulative)."""
+
+    executions: int = 0
+    rows: int = 0
+    compute_ns: int = 0  # wall time of the runs (a batch counted once)
+
+    def plus(self, rows: int, compute_ns: int) -> ConfigCounters:
+        return ConfigCounters(self.executions + 1, self.rows + rows, self.compute_ns + compute_ns)
+
+    def minus(self, earlier: ConfigCounters) -> ConfigCounters:
+        return ConfigCounters(self.executions - earlier.executions, self.rows - earlier.rows,
+                              self.compute_ns - earlier.compute_ns)
+
+
 @dataclass
 class ModelStats:
     """Triton's `ModelStatistics` for one model version."""

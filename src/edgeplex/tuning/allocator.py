@@ -19,6 +19,7 @@ from ..config import ModelConfig
 from ..engine import Engine, ModelPlacement, Monitor, Placement
 from ..errors import MemoryFull
 from ..repository import file_hash
+from .learning import Learned, learn
 from .policies import (
     Candidate,
     PlanResult,
@@ -26,7 +27,6 @@ from .policies import (
     candidates_for_models,
     should_switch,
     static_placement,
-    update_slowdown,
 )
 from .profile import Profile
 from .profiler import current_backend_versions, profile_model
@@ -59,8 +59,11 @@ class Allocator:
         self.profile_missing = profile_missing
         self.profile_seconds = profile_seconds
         self.monitor = Monitor(engine)
+        # Observed / profiled rate of each model's config in use (what the placement report shows).
         self.slowdown: dict[str, float] = {}
         self.last_result: PlanResult | None = None
+        self.last_learned: Learned | None = None
+        self._doubted: set[tuple[str, ExecutionConfig]] = set()
 
         self._hashes: dict[str, tuple[tuple[int, int], str]] = {}  # file -> ((size, mtime), sha256)
         self._stop = threading.Event()
@@ -103,9 +106,15 @@ class Allocator:
         """Sample the load, re-plan, and apply the plan if it beats the current one enough."""
         configs = self._configs()
         loads = self.monitor.sample()
-        candidates = {m: c for m, c in self.candidates(configs).items() if c}
-        if not candidates:
+        profiled = {m: c for m, c in self.candidates(configs).items() if c}
+        if not profiled:
             return None
+        # What each config delivers with the other tenants: observed where it ran, else its
+        # profile corrected by what observation shows of the model (or the mix) on its processor.
+        learned = learn(profiled, self.monitor.config_loads())
+        self.last_learned = learned
+        candidates = learned.candidates
+        self._doubt(learned.contradicted)
         demand = {m: loads[m].arrival_rate if m in loads else 0.0 for m in candidates}
         views = {view.name: view for view in self.engine.models()}
         current: Placement = {}
@@ -113,24 +122,22 @@ class Allocator:
             placement = views[name].placement if name in views else None
             if placement is not None:
                 current[name] = placement
-            if name in loads and placement is not None:
-                solo = _solo_service_ms(placement, candidates[name])
-                if solo and loads[name].service_ms > 0:
-                    self.slowdown[name] = update_slowdown(self.slowdown.get(name, 1.0), loads[name].service_ms, solo)
-                    self.engine.report_slowdown(name, round(self.slowdown[name], 3))  # shown live
+                processor = placement.groups[0].config.processor if placement.groups else "cpu"
+                self.slowdown[name] = learned.factors.get(f"{name}@{processor}", 1.0)
+                self.engine.report_slowdown(name, round(self.slowdown[name], 3))  # shown live
         cores = self.engine.cores
         capacities = self.engine.capacities()
         hard_budget = self.engine.memory().budget
         # Plan within part of the budget: a warm swap holds old and new at once.
         budget = int(hard_budget * (1 - SWAP_HEADROOM)) if hard_budget is not None else None
         # The token pools time-share each processor between models: plan under that model of the box.
-        result = plan_shared(demand, candidates, cores, budget, self.slowdown, current, capacities=capacities,
+        result = plan_shared(demand, candidates, cores, budget, None, current, capacities=capacities,
                              hard_budget=hard_budget)
         self.last_result = result
         # A planned model evicted for memory serves nothing: any plan that fits it back in is a
         # gain. (Those taking turns in memory are evicted by design, and come back on request.)
         evicted = sorted(m for m in candidates if m in views and views[m].evicted and m not in result.turns)
-        now = 0.0 if evicted else shared_lam(current, demand, candidates, cores, self.slowdown, capacities)
+        now = 0.0 if evicted else shared_lam(current, demand, candidates, cores, None, capacities)
         log.debug("plan: demand %s, slowdown %s: current %.3f, planned %.3f (%s)",
                   {m: round(v, 1) for m, v in demand.items()}, {m: round(v, 2) for m, v in self.slowdown.items()},
                   now, result.lam, {m: p.groups[0].count for m, p in result.placement.items()})
@@ -150,6 +157,17 @@ class Allocator:
                 except Exception as exc:  # it stays evicted; a request will try again
                     log.error("model %s could not be loaded back: %s", name, exc)
         return result
+
+    def _doubt(self, contradicted: list[tuple[str, ExecutionConfig]]) -> None:
+        """Profiles that observation refutes (the config ran much faster beside the other tenants
+        than its solo profile says: it was measured disturbed) are logged once; the planner
+        already uses what it observes for them."""
+        for model, config in contradicted:
+            if (model, config) in self._doubted:
+                continue
+            self._doubted.add((model, config))
+            log.info("model %s: %s runs faster than its stored profile says; planning with what is observed",
+                     model, config.label())
 
     def candidates(self, configs: dict[str, ModelConfig]) -> dict[str, list[Candidate]]:
         """Each model's candidates from the stored profiles of its original and of its variants
@@ -238,17 +256,3 @@ class Allocator:
                 self._hashes[str(path)] = cached
             found[variant] = (cached[1], loss)
         return found
-
-
-def _solo_service_ms(placement: ModelPlacement, candidates: list[Candidate]) -> float:
-    """The service time the profiles predict for this placement's instances (count-weighted)."""
-    rates = {c.config: c.rate for c in candidates}
-    total = weight = 0.0
-    for group in placement.groups:
-        rate = rates.get(group.config)
-        if rate:
-            total += group.count * 1000.0 / rate
-            weight += group.count
-    return total / weight if weight else 0.0
-
-

@@ -113,17 +113,6 @@ def candidates_for_models(
     return out
 
 
-def update_slowdown(previous: float, observed_service_ms: float, solo_service_ms: float, alpha: float = 0.3) -> float:
-    """Smoothed co-location factor s = solo / observed service time of one model on one processor,
-    clamped to [0.05, 1.0]; a measurement that says nothing (<= 0, not finite) changes nothing."""
-    if not 0 < alpha <= 1:
-        raise ValueError(f"alpha must be in (0, 1], got {alpha}")
-    ratio = solo_service_ms / observed_service_ms if observed_service_ms > 0 else math.nan
-    if solo_service_ms > 0 and math.isfinite(ratio):
-        previous = (1 - alpha) * previous + alpha * min(ratio, 1.0)
-    return min(max(previous, 0.05), 1.0)
-
-
 def should_switch(current_lam: float, new_lam: float, min_gain: float = 0.10) -> bool:
     """Hysteresis: switch only when the predicted relative gain is at least `min_gain`."""
     if current_lam <= 0:
