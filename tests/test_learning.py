@@ -3,18 +3,14 @@ observations (pure), and the monitor converging on real service times of two con
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from models import add_model, write_config
 
-from edgeplex.backends import ExecutionConfig, register_backend, unregister_backend
-from edgeplex.backends.onnxruntime import OnnxRuntimeBackend
+from edgeplex.backends import ExecutionConfig
 from edgeplex.engine import ConfigLoad, Engine, InferRequest, InstanceGroup, ModelPlacement, Monitor
 from edgeplex.tuning.learning import CONTRADICTION, MIN_ROWS, learn
 from edgeplex.tuning.policies import Candidate
@@ -71,44 +67,6 @@ def test_an_observation_under_another_batch_cap_counts_for_the_config() -> None:
 
 
 # -- the monitor learning two configs at once, from real runs -------------------------------------
-
-
-class _Paced:
-    """A session that takes a fixed time per run (a synthetic service time), then computes."""
-
-    def __init__(self, session: Any, seconds: float) -> None:
-        self._session, self._seconds = session, seconds
-
-    @property
-    def memory_bytes(self) -> int:
-        return int(self._session.memory_bytes)
-
-    def run(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        time.sleep(self._seconds)
-        return dict(self._session.run(inputs, outputs))
-
-    def close(self) -> None:
-        self._session.close()
-
-
-class PacedBackend(OnnxRuntimeBackend):
-    """ONNX Runtime with a known service time per thread count: 1 thread 8 ms, 2 threads 30 ms."""
-
-    name = "paced"
-    SECONDS = {1: 0.008, 2: 0.030}
-
-    def open(self, model_path: Path, config: ExecutionConfig) -> Any:
-        session = super().open(model_path, ExecutionConfig("onnxruntime", "cpu", "fp32", 1, 0))
-        return _Paced(session, self.SECONDS[config.threads])
-
-
-@pytest.fixture
-def paced() -> Iterator[None]:
-    register_backend(PacedBackend())
-    try:
-        yield
-    finally:
-        unregister_backend("paced")
 
 
 def test_the_monitor_learns_each_config_of_a_mixed_placement(tmp_path: Path, paced: None) -> None:

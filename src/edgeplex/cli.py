@@ -52,6 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
     allocator = Allocator(
         engine, settings.policy, store, interval_s=settings.replan_seconds, min_gain=settings.min_gain,
         profile_missing=settings.profile_missing, profile_seconds=settings.profile_seconds,
+        explore=settings.explore,
     )
     # The dashboard's fronts: the store pareto plans with, else one measured before (if any).
     fronts = store
@@ -226,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--profile-missing", action=argparse.BooleanOptionalAction, default=None,
                        help=_help("profile_missing"))
     serve.add_argument("--profile-seconds", metavar="S", type=float, help=_help("profile_seconds"))
+    serve.add_argument("--explore", action=argparse.BooleanOptionalAction, default=None, help=_help("explore"))
     serve.set_defaults(func=_serve)
 
     zoo = commands.add_parser("zoo", help="real trained models from PyPI wheels")

@@ -262,6 +262,7 @@ DEFAULT_SCHEDULING: Scheduling = "priority"
 DEFAULT_REPLAN_SECONDS = 2.0
 DEFAULT_MIN_GAIN = 0.10
 DEFAULT_PROFILE_MISSING = True
+DEFAULT_EXPLORE = True
 DEFAULT_PROFILE_SECONDS = 0.5
 DEFAULT_LOG_LEVEL: LogLevel = "info"
 DEFAULT_LOG_FORMAT: LogFormat = "text"
@@ -388,6 +389,9 @@ class Settings(LogSettings):
     )
     profile_seconds: float = Field(
         DEFAULT_PROFILE_SECONDS, gt=0, description="time limit of each background measurement, in seconds"
+    )
+    explore: bool = Field(
+        DEFAULT_EXPLORE, description="give configs never observed a bounded trial beside a model's own instances (pareto)"
     )
 
     @field_validator("policy", "scheduling", mode="before")

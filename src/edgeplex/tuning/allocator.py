@@ -19,7 +19,8 @@ from ..config import ModelConfig
 from ..engine import Engine, ModelPlacement, Monitor, Placement
 from ..errors import MemoryFull
 from ..repository import file_hash
-from .learning import Learned, learn
+from .explore import EVERY_S, Trial, pick_trial, start_trial, trial_over
+from .learning import MIN_ROWS, Learned, learn
 from .policies import (
     Candidate,
     PlanResult,
@@ -45,7 +46,7 @@ class Allocator:
 
     def __init__(
         self, engine: Engine, policy: str = "pareto", store: ProfileStore | None = None, interval_s: float = 2.0,
-        min_gain: float = 0.10, profile_missing: bool = True, profile_seconds: float = 0.5,
+        min_gain: float = 0.10, profile_missing: bool = True, profile_seconds: float = 0.5, explore: bool = True,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy '{policy}' (expected one of {', '.join(POLICIES)})")
@@ -64,6 +65,11 @@ class Allocator:
         self.last_result: PlanResult | None = None
         self.last_learned: Learned | None = None
         self._doubted: set[tuple[str, ExecutionConfig]] = set()
+        # Exploration: one config on trial at a time, the first EVERY_S after start.
+        self.explore = explore
+        self._trial: Trial | None = None
+        self._tried: dict[tuple[str, ExecutionConfig], float] = {}
+        self._last_trial = engine.clock.monotonic()
 
         self._hashes: dict[str, tuple[tuple[int, int], str]] = {}  # file -> ((size, mtime), sha256)
         self._stop = threading.Event()
@@ -103,9 +109,17 @@ class Allocator:
 
     # -- one round -----------------------------------------------------------------------------
     def step(self, force: bool = False) -> PlanResult | None:
-        """Sample the load, re-plan, and apply the plan if it beats the current one enough."""
+        """Sample the load, re-plan, and apply the plan if it beats the current one enough; now
+        and then put a config never observed on trial (see `explore.py`)."""
         configs = self._configs()
         loads = self.monitor.sample()
+        now_s = self.engine.clock.monotonic()
+        ended = self._trial
+        if ended is not None:
+            seen = self.monitor.config_loads().get((ended.model, ended.config))
+            if not trial_over(ended, seen.rows if seen else 0, now_s, MIN_ROWS):
+                return self.last_result  # no re-plan while a trial runs: it ends within TRIAL_S
+            self._trial = None
         profiled = {m: c for m, c in self.candidates(configs).items() if c}
         if not profiled:
             return None
@@ -142,6 +156,11 @@ class Allocator:
                   {m: round(v, 1) for m, v in demand.items()}, {m: round(v, 2) for m, v in self.slowdown.items()},
                   now, result.lam, {m: p.groups[0].count for m, p in result.placement.items()})
         if not force and not should_switch(now, result.lam, self.min_gain):
+            if ended is not None and ended.model in current:  # the trial's instance goes; the rest stays
+                self._apply_all({ended.model: replace(ended.before, reason=f"{ended.before.reason} (after a trial "
+                                                      f"of {ended.config.label()})")})
+            elif self.explore:
+                self._maybe_trial(learned, current, demand, now_s)
             return result
         gain = f"predicted mix rate {now:.1f} -> {result.lam:.1f}/s per share"
         for name, placement in result.placement.items():
@@ -157,6 +176,25 @@ class Allocator:
                 except Exception as exc:  # it stays evicted; a request will try again
                     log.error("model %s could not be loaded back: %s", name, exc)
         return result
+
+    def _maybe_trial(self, learned: Learned, current: Placement, demand: dict[str, float], now: float) -> None:
+        """Start a trial of the most promising config never observed, at most one every EVERY_S."""
+        if now - self._last_trial < EVERY_S or self._stop.is_set():
+            return
+        picked = pick_trial(learned, current, demand, self._tried, now)
+        if picked is None:
+            return
+        model, candidate = picked
+        trial = start_trial(model, candidate, current[model], now)
+        self._tried[(model, candidate.config)] = self._last_trial = now
+        log.info("model %s: trial of %s beside its placement (%s)", model, candidate.config.label(),
+                 learned.beliefs[(model, candidate.config)].source)
+        try:
+            self.engine.apply(trial.during)
+        except Exception as exc:  # e.g. no memory for one more instance: nothing changed, no trial
+            log.info("model %s: no trial of %s: %s", model, candidate.config.label(), exc)
+            return
+        self._trial = trial
 
     def _doubt(self, contradicted: list[tuple[str, ExecutionConfig]]) -> None:
         """Profiles that observation refutes (the config ran much faster beside the other tenants

@@ -20,7 +20,7 @@ from ..backends import ExecutionConfig
 from ..engine import ConfigLoad
 from .policies import Candidate
 
-MIN_ROWS = 20  # rows observed before a config's own figure replaces its profile
+MIN_ROWS = 10  # rows observed before a config's own figure replaces its profile (compute times vary little)
 CONTRADICTION = 1.3  # observed this much faster than its solo profile: the profile was disturbed
 FACTOR_RANGE = (0.05, 2.0)  # how far observation may move an unobserved config's profile
 
