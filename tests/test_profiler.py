@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from edgeplex.config import ModelConfig, TensorSpec
 from edgeplex.errors import BackendError
 from edgeplex.repository import Repository
 from edgeplex.tuning.cli import add_profile_parser
+from edgeplex.tuning.profile import Profile
 from edgeplex.tuning.profiler import (
     Step,
     batched_warmup_inputs,
@@ -82,6 +83,11 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> CountingBackend:
     return backend
 
 
+def attempts(profiles: Iterable[Profile]) -> int:
+    """Sessions opened to measure `profiles`: a disturbed measurement is taken again."""
+    return sum(int(p.extra["attempts"]) for p in profiles)
+
+
 @pytest.fixture
 def add(tiny_repo: Path) -> tuple[Path, ModelConfig]:
     repo = Repository(tiny_repo)
@@ -122,7 +128,9 @@ def test_second_call_measures_nothing(tmp_path: Path, add: tuple[Path, ModelConf
     store = ProfileStore(tmp_path / "p.sqlite")
     steps: list[Step] = []
     first = profile_model("add", model_file, config, store, 2, None, 5, 1, steps.append, backends=["counting"])
-    assert fake.opens == 4 + 1  # 2 threads x 2 batches, plus one untimed priming open
+    # 2 threads x 2 batches (each measured again if the shared machine disturbed it), plus one untimed priming open
+    opens = 1 + attempts(first)
+    assert fake.opens == opens and 4 <= attempts(first) <= 12
     assert [s.outcome for s in steps] == ["measured"] * 4
     assert [(p.threads, p.batch) for p in first] == [(1, 1), (1, 8), (2, 1), (2, 8)]
     for p in first:
@@ -131,11 +139,11 @@ def test_second_call_measures_nothing(tmp_path: Path, add: tuple[Path, ModelConf
         assert p.extra["samples"] == 5
     steps.clear()
     second = profile_model("add", model_file, config, store, 2, None, 5, 1, steps.append, backends=["counting"])
-    assert fake.opens == 5 and second == first
+    assert fake.opens == opens and second == first
     assert [s.outcome for s in steps] == ["stored"] * 4
     # one more core: only the new thread count is measured
-    profile_model("add", model_file, config, store, 3, None, 5, 1, backends=["counting"])
-    assert fake.opens == 7
+    third = profile_model("add", model_file, config, store, 3, None, 5, 1, backends=["counting"])
+    assert fake.opens == opens + attempts(p for p in third if p.threads == 3)
 
 
 def test_changed_model_file_is_measured_again(tmp_path: Path, fake: CountingBackend) -> None:
@@ -149,8 +157,8 @@ def test_changed_model_file_is_measured_again(tmp_path: Path, fake: CountingBack
     model = onnx.load(str(model_file))
     model.doc_string = "retrained"
     onnx.save(model, str(model_file))
-    profile_model("add", model_file, config, store, 1, None, 3, 0, backends=["counting"])
-    assert fake.opens == opens + 1
+    again = profile_model("add", model_file, config, store, 1, None, 3, 0, backends=["counting"])
+    assert fake.opens == opens + attempts(again)
 
 
 @pytest.mark.parametrize("failure", ["fail_open", "fail_run"])
@@ -171,7 +179,8 @@ def test_failed_config_recorded_and_skipped(tmp_path: Path, add: tuple[Path, Mod
     assert [s.outcome for s in steps] == ["stored", "stored", "failed before", "failed before"]
     setattr(fake, failure, 0)
     retried = profile_model("add", model_file, config, store, 2, None, 3, 0, backends=["counting"], retry_failed=True)
-    assert fake.opens == opens + 2 and len(retried) == 4 and store.failures(file_hash(model_file)) == []
+    assert fake.opens == opens + attempts(p for p in retried if p.threads == 2)
+    assert len(retried) == 4 and store.failures(file_hash(model_file)) == []
 
 
 def test_slow_config_is_time_bounded(tmp_path: Path, add: tuple[Path, ModelConfig], fake: CountingBackend) -> None:

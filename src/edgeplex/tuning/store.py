@@ -5,6 +5,11 @@ changed model file, a backend upgrade or another machine is simply a miss, and t
 measures again. Configs that failed to open or run are kept too (with their reason), so they are
 not retried on every run until one of those key parts changes.
 
+A figure can be dropped (`discard`): when what is observed contradicts it, or it was measured
+disturbed (`low_confidence`), the next `profile_model` measures it again. How far a figure is
+trusted lives in its `extra` JSON, so the table has not changed for it and older stores read as
+they are.
+
 One connection per call plus a process-wide write lock: safe from any thread, and from several
 processes thanks to SQLite's own locking (busy timeout).
 """
@@ -26,7 +31,7 @@ from typing import Any
 from ..backends.base import ExecutionConfig
 from ..errors import EdgeplexError
 from ..repository import file_hash as file_hash  # profiles are keyed by it
-from .profile import Profile
+from .profile import Profile, ProfileKey
 
 # Bump when the table changes. Older stores are dropped and re-measured (profiles are a cache of
 # measurements); a newer store is refused rather than clobbered.
@@ -175,6 +180,32 @@ class ProfileStore:
         rows = self._select("model_hash = ? AND machine = ? AND error IS NULL", (model_hash, machine or machine_id()))
         return [_profile(r) for r in rows if backend_versions is None
                 or backend_versions.get(r["backend"]) == r["backend_version"]]
+
+    def low_confidence(self, model_hash: str, machine: str | None = None,
+                       backend_versions: Mapping[str, str] | None = None) -> list[Profile]:
+        """The profiles of a model file (as `for_model` selects them) measured disturbed on every
+        attempt: what a background profiler re-measures when the machine is quiet
+        (`profile_model(..., remeasure_low_confidence=True)`)."""
+        return [p for p in self.for_model(model_hash, machine, backend_versions) if not p.confident]
+
+    def discard(self, profile_or_key: Profile | ProfileKey) -> bool:
+        """Delete a stored figure so that the next `profile_model` measures it again; True if one was.
+
+        Given a `Profile`, only that measurement goes (same key and `measured_at`): a figure
+        re-measured since it was read stays. Given a key (model hash, config, batch, backend
+        version, machine), whatever is stored under it goes, a recorded failure included.
+        """
+        extra_args: tuple[Any, ...] = ()
+        extra_where = ""
+        if isinstance(profile_or_key, Profile):
+            key = profile_or_key.key
+            extra_where, extra_args = " AND error IS NULL AND measured_at = ?", (profile_or_key.measured_at,)
+        else:
+            key = profile_or_key
+        where = " AND ".join(f"{k} = ?" for k in _KEY) + extra_where
+        with self._lock, self._connect() as conn:
+            deleted = conn.execute(f"DELETE FROM profiles WHERE {where}", self._key(*key) + extra_args).rowcount
+        return deleted > 0
 
     def failures(self, model_hash: str, machine: str | None = None) -> list[Failure]:
         rows = self._select("model_hash = ? AND machine = ? AND error IS NOT NULL", (model_hash, machine or machine_id()))
