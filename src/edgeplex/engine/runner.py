@@ -39,6 +39,10 @@ class Instance:
     memory_bytes: int
 
 
+DEFER_MIN_S, DEFER_MAX_S = 0.0005, 0.05  # how long a slower instance leaves work to a faster one
+SOONER = 0.8  # another instance must finish a job within this share of this one's run time
+
+
 class _Worker:
     """An instance and the executor thread that serves it; retiring it lets the thread finish
     its current job, leave, and close the session."""
@@ -47,6 +51,16 @@ class _Worker:
         self.instance = instance
         self.retired = threading.Event()
         self.thread = threading.Thread(target=runner._serve, args=(self,), name=name, daemon=True)
+        self.run_ns = 0.0  # smoothed time one execution takes on this instance (0: not seen yet)
+        self.busy_since_ns = 0  # when its current job started (0: idle)
+
+    def learn(self, run_ns: int) -> None:
+        self.run_ns = float(run_ns) if not self.run_ns else 0.8 * self.run_ns + 0.2 * run_ns
+
+    def done_by(self, now_ns: int) -> float:
+        """When it would finish a job handed to it now: after its current one, then one run."""
+        busy_until = self.busy_since_ns + self.run_ns if self.busy_since_ns else now_ns
+        return max(busy_until, now_ns) + self.run_ns
 
 
 class ModelRunner:
@@ -171,14 +185,34 @@ class ModelRunner:
         if self.order.fair_share:  # priority scheduling: the OS favours higher levels too
             lower_os_priority(self.config.priority)
         try:
-            while jobs := self.queue.take(policy, worker.retired):
+            while jobs := self.queue.take(policy, worker.retired, lambda queued: self._defer(worker, queued)):
+                worker.busy_since_ns = time.monotonic_ns()
                 try:
                     self._execute(instance, jobs, policy)
                 except Exception as exc:  # a backend bug must not kill the executor thread
                     log.exception("model %s: unexpected failure", self.config.name)
                     self._fail(jobs, exc)
+                finally:
+                    worker.learn(time.monotonic_ns() - worker.busy_since_ns)
+                    worker.busy_since_ns = 0
         finally:
             instance.session.close()
+
+    def _defer(self, worker: _Worker, queued: int) -> float:
+        """Earliest expected completion across unequal instances (mixed configs, a trial): leave
+        the queued work to the instances that would finish it sooner than this one — when there
+        are at least as many of them as jobs queued — and look again in a while. Equal instances
+        never defer to each other, nor does one not yet timed."""
+        if not worker.run_ns:
+            return 0.0
+        with self._lock:
+            others = [w for w in self._workers if w is not worker and not w.retired.is_set()]
+        now = time.monotonic_ns()
+        mine = now + SOONER * worker.run_ns  # clearly sooner: equal instances' noise never defers
+        sooner = [w.done_by(now) for w in others if w.done_by(now) < mine]
+        if len(sooner) < queued:
+            return 0.0
+        return min(max((min(sooner) - now) / 1e9, DEFER_MIN_S), DEFER_MAX_S)
 
     def _execute(self, instance: Instance, jobs: list[Job], policy: BatchPolicy) -> None:
         """Run one batch: drop what expired, hold the cores, take the best batch queued now,

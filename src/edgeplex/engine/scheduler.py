@@ -14,6 +14,7 @@ import heapq
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,10 +116,12 @@ class RequestQueue:
             self._cond.notify()
         return future
 
-    def take(self, policy: BatchPolicy, stop: threading.Event | None = None) -> list[Job]:
+    def take(self, policy: BatchPolicy, stop: threading.Event | None = None,
+             defer: Callable[[int], float] | None = None) -> list[Job]:
         """The next batch (one job when the model does not batch); blocks while empty. Empty once
         closed and drained, or once `stop` is set (a retired instance's thread leaves; the jobs
-        stay for the others)."""
+        stay for the others). `defer(queued)`: seconds to leave the work to instances that will
+        finish it sooner (0: take it now); the others are woken to take it meanwhile."""
         with self._cond:
             while True:
                 if stop is not None and stop.is_set():
@@ -131,6 +134,11 @@ class RequestQueue:
                         self._cond.wait()
                     finally:
                         self._idle -= 1
+                    continue
+                pause = defer(len(self._heap)) if defer is not None and not self._closed else 0.0
+                if pause > 0:
+                    self._cond.notify_all()  # a faster instance waiting here takes it
+                    self._cond.wait(pause)
                     continue
                 if policy.max_rows <= 1:
                     return [heapq.heappop(self._heap)]
