@@ -4,6 +4,7 @@ when the demand shifts, and hysteresis."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -219,3 +220,24 @@ def test_variants_beyond_the_fidelity_bound_are_not_profiled(tmp_path: Path) -> 
         assert not store.for_model(file_hash(variant.path))  # it could never be chosen
     finally:
         engine.close()
+
+
+def test_a_refuted_profile_is_measured_again_in_the_background(engine: Engine, tmp_path: Path) -> None:
+    """A figure observation refuted (stored at 1 request/s: measured on a busy machine) is
+    discarded and measured again by the next background pass; trusted figures stay as they were."""
+    store = ProfileStore(tmp_path / "profiles.sqlite")
+    allocator = Allocator(engine, "pareto", store, profile_seconds=0.05)
+    allocator.profile_unprofiled()
+    model_file = engine.model_files("a")["fp32"][0]
+    (t1,) = [p for p in store.for_model(file_hash(model_file)) if p.config.threads == 1 and p.batch == 1
+              and p.config.backend == "onnxruntime"]
+    store.discard(t1)
+    store.put(replace(t1, throughput=1.0, p50_ms=1000.0, p99_ms=1200.0))
+    untouched = {p.key: p.measured_at for p in store.for_model(file_hash(model_file))
+                 if p.config != t1.config and p.confident}  # (those measured disturbed are measured again too)
+    allocator._doubt([("a", t1.config)])
+    allocator.profile_unprofiled()
+    stored = {p.key: p for p in store.for_model(file_hash(model_file))}
+    (again,) = [p for p in stored.values() if p.config == t1.config and p.batch == 1]
+    assert again.throughput > 10.0
+    assert all(stored[key].measured_at == at for key, at in untouched.items() if key in stored)

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 POLICIES = ("config", "static", "balance", "pareto")
 BACKGROUND_PRIORITY = 16  # profiling waits behind every request for cores
+REPROFILE_S = 60.0  # how often refuted or disturbed profiles are measured again in the background
 SWAP_HEADROOM = 0.2  # share of the memory budget left free for the instances a swap opens
 
 
@@ -65,6 +66,7 @@ class Allocator:
         self.last_result: PlanResult | None = None
         self.last_learned: Learned | None = None
         self._doubted: set[tuple[str, ExecutionConfig]] = set()
+        self._refuted: set[tuple[str, ExecutionConfig]] = set()
         # Exploration: one config on trial at a time, the first EVERY_S after start.
         self.explore = explore
         self._trial: Trial | None = None
@@ -101,9 +103,14 @@ class Allocator:
         if self.profile_missing:
             self.profile_unprofiled()
         self.step(force=True)
+        last_profiled = self.engine.clock.monotonic()
         while not self._stop.wait(self.interval_s):
             try:
                 self.step()
+                now = self.engine.clock.monotonic()
+                if self.profile_missing and self._trial is None and now - last_profiled >= REPROFILE_S:
+                    last_profiled = now
+                    self.profile_unprofiled()  # what observation refuted, or was measured disturbed
             except Exception:  # the control path must never die: log and try next round
                 log.exception("allocator step failed")
 
@@ -204,6 +211,7 @@ class Allocator:
             if (model, config) in self._doubted:
                 continue
             self._doubted.add((model, config))
+            self._refuted.add((model, config))  # measured again at the next background pass
             log.info("model %s: %s runs faster than its stored profile says; planning with what is observed",
                      model, config.label())
 
@@ -223,9 +231,11 @@ class Allocator:
         return candidates_for_models(profiles, configs, self.engine.cores, self.engine.capacities())
 
     def profile_unprofiled(self) -> None:
-        """Briefly profile, in the background, every model (or variant of it within the model's
-        `max_fidelity_loss`: no other can be chosen) the store knows nothing of, holding the
-        measured config's cores (at the lowest priority) so serving is never oversubscribed."""
+        """Briefly profile, in the background, what the store lacks or does not trust: every model
+        (or variant of it within the model's `max_fidelity_loss`: no other can be chosen) it knows
+        nothing of, figures measured disturbed on every attempt (low confidence), and figures
+        observation refuted (discarded first). It holds the measured config's cores at the lowest
+        priority, so serving is never oversubscribed."""
         assert self.store is not None
         configs = self._configs()
         versions = current_backend_versions()
@@ -233,18 +243,28 @@ class Allocator:
         def guard(config: ExecutionConfig) -> AbstractContextManager[object]:
             return self.engine.compute_slot(config, BACKGROUND_PRIORITY)
 
+        refuted = {(m, replace(c, max_batch=0)) for m, c in self._refuted}  # every batch cap of it
+        self._refuted = set()
         for name, config in configs.items():
             known = {v: (digest, loss) for v, (digest, loss) in self._variants(name).items()
                      if loss <= config.max_fidelity_loss}
+            doubtful = [c for m, c in refuted if m == name]
+            for digest, _ in known.values():
+                for stored in self.store.for_model(digest, backend_versions=versions):
+                    if (name, replace(stored.config, max_batch=0)) in refuted:
+                        self.store.discard(stored)
             missing = [v for v, (digest, _) in known.items()
-                       if not self.store.for_model(digest, backend_versions=versions)]
-            if not missing or self._stop.is_set():
+                       if not self.store.for_model(digest, backend_versions=versions)
+                       or self.store.low_confidence(digest, backend_versions=versions)]
+            if not (missing or doubtful) or self._stop.is_set():
                 continue
-            log.info("profiling %s (%s) in the background (no stored profile)", name, ", ".join(missing))
+            log.info("profiling %s (%s) in the background (missing, refuted or measured disturbed)", name,
+                     ", ".join(missing) or "refuted figures")
             files = {v: f for v, f in self.engine.model_files(name).items() if v in known}
             profile_model(
                 name, files["fp32"][0], config, self.store, self.engine.cores, iterations=20, warmup=2,
                 max_seconds=self.profile_seconds, guard=guard, variants=files,  # what is stored is skipped
+                remeasure_low_confidence=True,
             )
 
     # -- helpers -------------------------------------------------------------------------------
