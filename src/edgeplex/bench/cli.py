@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,17 @@ def add_bench_parser(commands: Any) -> None:
                      "profiles' figure and the server's)")
     var.add_argument("--no-mix", action="store_true", help="variants table only, skip the memory-tight mix")
     var.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    peer = scenario.add_parser("peer", help="the same fixed job against Triton configured by hand and edgeplex")
+    peer.add_argument("--requests", type=int, default=200, help="measured requests per model")
+    peer.add_argument("--warmup", type=int, default=60, help="warm-up requests per model, under the same load")
+    peer.add_argument("--clients", type=int, default=2, help="closed-loop clients per model")
+    peer.add_argument("--policies", nargs="+", default=["static", "balance", "pareto"],
+                      choices=["static", "balance", "pareto"], help="edgeplex policies to run")
+    peer.add_argument("--rounds", type=int, default=1, help="alternations of the servers")
+    peer.add_argument("--settle", type=float, default=0.0,
+                      help="seconds of load after the warm-up, before the measured phase (pareto re-plans)")
+    peer.add_argument("--cores", type=int, default=None, help="cores for the bound and edgeplex (default: all)")
+    peer.add_argument("--out", type=Path, default=DEFAULT_OUT)
     bench.set_defaults(func=run_bench)
 
 
@@ -75,6 +87,16 @@ def run_bench(args: argparse.Namespace) -> int:
 
         result, text = variants(args.out, args.duration, args.rounds, args.samples, args.budget_fraction,
                                 mix=not args.no_mix)
+    elif args.scenario == "peer":
+        from .peer import peer
+        from .triton_peer import TritonUnavailable
+
+        try:
+            result, text = peer(args.requests, args.warmup, args.clients, tuple(args.policies), args.rounds,
+                                args.settle, args.cores)
+        except TritonUnavailable as exc:
+            print(f"edgeplex bench peer: Triton is not available here: {exc}", file=sys.stderr)
+            return 1
     elif args.scenario == "multitenancy":
         result, text = scenarios.multitenancy(args.requests, args.rounds, args.cores)
     else:
