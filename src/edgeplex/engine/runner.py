@@ -201,12 +201,14 @@ class ModelRunner:
     def _defer(self, worker: _Worker, queued: int) -> float:
         """Earliest expected completion across unequal instances (mixed configs, a trial): leave
         the queued work to the instances that would finish it sooner than this one — when there
-        are at least as many of them as jobs queued — and look again in a while. Equal instances
-        never defer to each other, nor does one not yet timed."""
+        are at least as many of them as jobs queued — and look again in a while. Instances of one
+        config never defer to each other (their timings differ by noise only), nor does one not
+        yet timed."""
         if not worker.run_ns:
             return 0.0
         with self._lock:
-            others = [w for w in self._workers if w is not worker and not w.retired.is_set()]
+            # Instances of the same config are interchangeable: only another config's may be sooner.
+            others = [w for w in self._workers if w.instance.config != worker.instance.config and not w.retired.is_set()]
         now = time.monotonic_ns()
         mine = now + SOONER * worker.run_ns  # clearly sooner: equal instances' noise never defers
         sooner = [w.done_by(now) for w in others if w.done_by(now) < mine]
