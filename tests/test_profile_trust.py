@@ -97,7 +97,7 @@ def test_measure_under_hog_reports_foreign_cpu(slow: tuple[Path, ModelConfig]) -
           f"p50 {m.p50_ms:.3f} ms")
     assert m.foreign_cpu is not None and m.foreign_cpu > FOREIGN_CPU_MAX
     assert m.disturbed and "measuring core" in m.disturbance
-    assert m.foreign_cores is not None and m.foreign_cores > 0.5  # the hogs, seen from /proc/stat too
+    assert m.foreign_cores is not None and m.foreign_cores > 0.25  # the hogs, seen from /proc/stat too (coarser)
     assert m.extra["foreign_cpu"] == round(m.foreign_cpu, 3) and m.extra["spread"] == round(m.spread, 3)
     assert m.p90_p10 >= 1.0 and m.samples == m.extra["samples"] > 0
 
