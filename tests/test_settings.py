@@ -250,3 +250,12 @@ def test_defaults_are_stated_once() -> None:
     assert fields["max_tensor_elements"].default == config.DEFAULT_MAX_TENSOR_ELEMENTS
     assert fields["drain_seconds"].default == config.DEFAULT_DRAIN_SECONDS
     assert fields["http_port"].default == config.DEFAULT_HTTP_PORT
+
+
+def test_the_gil_switch_interval_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().switch_interval_us == 500
+    monkeypatch.setenv("EDGEPLEX_SWITCH_INTERVAL_US", "250")
+    assert Settings().switch_interval_us == 250
+    monkeypatch.setenv("EDGEPLEX_SWITCH_INTERVAL_US", "0")
+    with pytest.raises(ConfigError, match="EDGEPLEX_SWITCH_INTERVAL_US"):
+        Settings()

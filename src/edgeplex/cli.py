@@ -34,6 +34,9 @@ def _serve(args: argparse.Namespace) -> int:
     from .zoo import ZOO, default_zoo_dir, pull
 
     settings = settings_from_args(args)
+    # Executor threads hold their cores' tokens while they wait for the GIL to finish a batch:
+    # the event loop must hand it over sooner than Python's default 5 ms.
+    sys.setswitchinterval(settings.switch_interval_us / 1e6)
     if settings.repository is None:
         repository = default_zoo_dir()
         missing = [name for name in ZOO if not (repository / name / "1" / "model.onnx").is_file()]
@@ -228,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=_help("profile_missing"))
     serve.add_argument("--profile-seconds", metavar="S", type=float, help=_help("profile_seconds"))
     serve.add_argument("--explore", action=argparse.BooleanOptionalAction, default=None, help=_help("explore"))
+    serve.add_argument("--switch-interval-us", metavar="US", type=int, help=_help("switch_interval_us"))
     serve.set_defaults(func=_serve)
 
     zoo = commands.add_parser("zoo", help="real trained models from PyPI wheels")

@@ -263,6 +263,9 @@ DEFAULT_REPLAN_SECONDS = 2.0
 DEFAULT_MIN_GAIN = 0.10
 DEFAULT_PROFILE_MISSING = True
 DEFAULT_EXPLORE = True
+# Python's default is 5000 us; measured on the 4-model mix (2 cores, balance, fixed job): 500 us
+# gave +4.6% and +11.6% (two alternations) and 4-10% less server CPU per request.
+DEFAULT_SWITCH_INTERVAL_US = 500
 DEFAULT_PROFILE_SECONDS = 0.5
 DEFAULT_LOG_LEVEL: LogLevel = "info"
 DEFAULT_LOG_FORMAT: LogFormat = "text"
@@ -392,6 +395,11 @@ class Settings(LogSettings):
     )
     explore: bool = Field(
         DEFAULT_EXPLORE, description="give configs never observed a bounded trial beside a model's own instances (pareto)"
+    )
+    switch_interval_us: int = Field(
+        DEFAULT_SWITCH_INTERVAL_US, ge=50, le=100_000,
+        description="the server process's GIL switch interval in microseconds: a short one hands the GIL sooner to "
+                    "an executor thread back from a computation, which holds its cores meanwhile",
     )
 
     @field_validator("policy", "scheduling", mode="before")
