@@ -51,3 +51,40 @@ def paced() -> Iterator[None]:
         yield
     finally:
         unregister_backend("paced")
+
+
+class _Broken:
+    """A session whose every run fails at once (a config that loads but cannot run)."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self._session.memory_bytes)
+
+    def run(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        from edgeplex.errors import BackendError
+
+        raise BackendError("this stand-in instance always fails")
+
+    def close(self) -> None:
+        self._session.close()
+
+
+class BrokenBackend(OnnxRuntimeBackend):
+    """Opens fine, fails every run, instantly."""
+
+    name = "broken"
+
+    def open(self, model_path: Path, config: ExecutionConfig) -> Any:
+        return _Broken(super().open(model_path, ExecutionConfig("onnxruntime", "cpu", "fp32", 1, 0)))
+
+
+@pytest.fixture
+def broken() -> Iterator[None]:
+    register_backend(BrokenBackend())
+    try:
+        yield
+    finally:
+        unregister_backend("broken")

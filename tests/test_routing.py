@@ -12,6 +12,7 @@ from models import add_model, write_config
 
 from edgeplex.backends import ExecutionConfig
 from edgeplex.engine import Engine, InferRequest, InstanceGroup, ModelPlacement
+from edgeplex.errors import BackendError
 
 FAST = ExecutionConfig("paced", "cpu", "fp32", 1, 0)  # 8 ms a run (tests/standins.py)
 SLOW = ExecutionConfig("paced", "cpu", "fp32", 2, 0)  # 30 ms a run
@@ -54,5 +55,23 @@ def test_a_deep_queue_keeps_every_instance_busy(tmp_path: Path, paced: None) -> 
         rows = _rows(engine)
         assert rows[FAST] + rows[SLOW] == 120 and rows[SLOW] >= 5  # the slow one helps when work piles up
         assert rows[FAST] > rows[SLOW]
+    finally:
+        engine.close()
+
+
+def test_an_instance_that_fails_at_once_does_not_draw_the_work(tmp_path: Path, paced: None, broken: None) -> None:
+    """A failing run computes nothing: it must not teach the router that its instance is fast."""
+    engine = _engine(tmp_path)
+    failing = ExecutionConfig("broken", "cpu", "fp32", 1, 0)
+    engine.apply(ModelPlacement("m", [InstanceGroup(failing, 1), InstanceGroup(SLOW, 1)]))
+    try:
+        answered = failed = 0
+        for _ in range(30):
+            try:
+                engine.infer(InferRequest("m", X))
+                answered += 1
+            except BackendError:
+                failed += 1
+        assert answered + failed == 30 and answered >= 8  # the working instance keeps its share
     finally:
         engine.close()

@@ -114,9 +114,11 @@ def list_variants(version_dir: Path, source: Path | None = None) -> dict[str, Va
     inconsistent ones are skipped with a warning, and so are variants made from another
     original than `source` (when given: the current model file)."""
     folder = version_dir / VARIANTS_DIR
-    source_hash = file_hash(source) if source is not None and source.is_file() else None
+    metas = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    # Hashing the original is the expensive part: only when there are variants to check it against.
+    source_hash = file_hash(source) if metas and source is not None and source.is_file() else None
     found: dict[str, VariantInfo] = {}
-    for meta in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+    for meta in metas:
         if meta.name.startswith("."):
             continue
         try:

@@ -11,7 +11,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-
 # The vector extensions that decide which config wins on these machines (AVX512-BF16 parts and
 # AVX2-only parts come under the same name, 3-6x apart; INT8 pays only with VNNI).
 VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile")

@@ -54,6 +54,7 @@ class VersionActivity:
     stats: ModelStats  # cumulative counters, kept across evictions
     # Per execution config, what its instances computed (this runner's life: a reload restarts it).
     configs: Mapping[ExecutionConfig, ConfigCounters] = field(default_factory=dict)
+    runner_id: int = 0  # which runner's life the counters belong to (0: none serving)
 
 
 class Engine:
@@ -167,7 +168,7 @@ class Engine:
                 found.append(VersionActivity(
                     state.name, version, runner is not None, runner.submitted if runner else 0,
                     len(runner.queue) if runner else 0, runner.memory_bytes if runner else 0, stats,
-                    runner.config_counters() if runner else {}))
+                    runner.config_counters() if runner else {}, id(runner) if runner else 0))
         return found
 
     def memory(self) -> Memory:

@@ -279,12 +279,12 @@ class ModelManager:
         grown = sum(inst.memory_bytes for instances in opened.values() for inst in instances)
         try:
             self._make_room(state, grown + regrowth, protect_recent)  # measured now: what it really took
-        except ModelNotReady:
+            with self._lock:
+                install(state, config, plan, opened, placement, self.processors, self.order, self.clock,
+                        None if reuse else load_seconds)
+        except BaseException:  # not installed: the sessions it opened are released
             close_all(opened)
             raise
-        with self._lock:
-            install(state, config, plan, opened, placement, self.processors, self.order, self.clock,
-                    None if reuse else load_seconds)
         log.info(  # one line per placement decision, with its fields for structured logs
             "model %s ready: versions %s, %s, %.1f MB (%s)",
             config.name, ", ".join(sorted(opened)), describe(placement), state.memory_bytes / 1e6,

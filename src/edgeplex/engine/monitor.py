@@ -61,6 +61,7 @@ class Monitor:
         self._loads: dict[str, ModelLoad] = {}
         self._last_configs: dict[tuple[str, ExecutionConfig], ConfigCounters] = {}
         self._config_loads: dict[tuple[str, ExecutionConfig], ConfigLoad] = {}
+        self._runners: dict[str, tuple[int, ...]] = {}  # the runners whose counters the baselines are
         self._lock = threading.Lock()
 
     def config_loads(self) -> dict[tuple[str, ExecutionConfig], ConfigLoad]:
@@ -93,6 +94,11 @@ class Monitor:
     def _learn_configs(self, name: str, versions: list[VersionActivity]) -> None:
         """Fold each config's new executions into its smoothed service time per row: windows
         weigh by the rows they saw, so a busy window counts more than a trickle."""
+        runners = tuple(sorted(v.runner_id for v in versions))
+        if self._runners.get(name) != runners:  # a reload: new counters, from zero
+            self._runners[name] = runners
+            for key in [k for k in self._last_configs if k[0] == name]:
+                del self._last_configs[key]
         totals: dict[ExecutionConfig, ConfigCounters] = {}
         for version in versions:
             for config, counters in version.configs.items():
@@ -103,7 +109,7 @@ class Monitor:
             key = (name, config)
             before = self._last_configs.get(key, ConfigCounters())
             self._last_configs[key] = now
-            new = now.minus(before) if now.rows >= before.rows else now  # a reload restarts the counters
+            new = now.minus(before)
             if new.rows <= 0:
                 continue
             window_ms = new.compute_ns / new.rows / 1e6

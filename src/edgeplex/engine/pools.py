@@ -175,6 +175,9 @@ class TokenPool:
                 return self._take(tokens, flow, tag, priority)
             waiter = _Waiter(priority, tag, next(self._seq), tokens, flow, threading.Condition(self._lock))
             heapq.heappush(self._waiters, waiter)
+            # It may go before those waiting (a higher priority that fits the free tokens while a
+            # lower one waits for more): grant now rather than at the next release.
+            self._grant()
             try:
                 while waiter.grant is None:
                     # A reservation lapses without a release to announce it: look again then.

@@ -58,9 +58,13 @@ class _Worker:
         self.run_ns = float(run_ns) if not self.run_ns else 0.8 * self.run_ns + 0.2 * run_ns
 
     def done_by(self, now_ns: int) -> float:
-        """When it would finish a job handed to it now: after its current one, then one run."""
-        busy_until = self.busy_since_ns + self.run_ns if self.busy_since_ns else now_ns
-        return max(busy_until, now_ns) + self.run_ns
+        """When it would finish a job handed to it now: after its current one, then one run. A
+        current job already past its usual time (waiting for cores, a stalled device) is taken
+        to need at least as long again as it has run."""
+        if not self.busy_since_ns:
+            return now_ns + self.run_ns
+        elapsed = now_ns - self.busy_since_ns
+        return now_ns + max(self.run_ns - elapsed, elapsed) + self.run_ns
 
 
 class ModelRunner:
@@ -188,40 +192,45 @@ class ModelRunner:
             while jobs := self.queue.take(policy, worker.retired, lambda queued: self._defer(worker, queued)):
                 worker.busy_since_ns = time.monotonic_ns()
                 try:
-                    self._execute(instance, jobs, policy)
+                    ran_ns = self._execute(instance, jobs, policy)
+                    if ran_ns is not None:  # only a run that computed: a failing one must not look fast
+                        worker.learn(ran_ns)
                 except Exception as exc:  # a backend bug must not kill the executor thread
                     log.exception("model %s: unexpected failure", self.config.name)
                     self._fail(jobs, exc)
                 finally:
-                    worker.learn(time.monotonic_ns() - worker.busy_since_ns)
                     worker.busy_since_ns = 0
         finally:
             instance.session.close()
 
-    def _defer(self, worker: _Worker, queued: int) -> float:
+    def _defer(self, worker: _Worker, queued: int) -> tuple[float, bool]:
         """Earliest expected completion across unequal instances (mixed configs, a trial): leave
         the queued work to the instances that would finish it sooner than this one — when there
         are at least as many of them as jobs queued — and look again in a while. Instances of one
         config never defer to each other (their timings differ by noise only), nor does one not
-        yet timed."""
+        yet timed. Returns (seconds to wait, whether one of the sooner instances is idle and
+        must be woken to take the work)."""
         if not worker.run_ns:
-            return 0.0
+            return 0.0, False
         with self._lock:
             # Instances of the same config are interchangeable: only another config's may be sooner.
             others = [w for w in self._workers if w.instance.config != worker.instance.config and not w.retired.is_set()]
         now = time.monotonic_ns()
         mine = now + SOONER * worker.run_ns  # clearly sooner: equal instances' noise never defers
-        sooner = [w.done_by(now) for w in others if w.done_by(now) < mine]
+        sooner = [w for w in others if w.run_ns and w.done_by(now) < mine]  # only instances seen to compute
         if len(sooner) < queued:
-            return 0.0
-        return min(max((min(sooner) - now) / 1e9, DEFER_MIN_S), DEFER_MAX_S)
+            return 0.0, False
+        first = min(w.done_by(now) for w in sooner)
+        idle = any(not w.busy_since_ns for w in sooner)
+        return min(max((first - now) / 1e9, DEFER_MIN_S), DEFER_MAX_S), idle
 
-    def _execute(self, instance: Instance, jobs: list[Job], policy: BatchPolicy) -> None:
+    def _execute(self, instance: Instance, jobs: list[Job], policy: BatchPolicy) -> int | None:
         """Run one batch: drop what expired, hold the cores, take the best batch queued now,
-        drop what can no longer finish in time, run, split, answer each caller."""
+        drop what can no longer finish in time, run, split, answer each caller. Returns how long
+        the run took (collate + compute), None when nothing computed."""
         jobs = self._expire(self._claim(jobs))
         if not jobs:
-            return
+            return None
         priority = self.order.core_priority(min(job.priority for job in jobs))
         processor = self.processors.get(instance.config.processor)
         flow = self._flow(processor.name) if self.order.fair_share else None
@@ -229,7 +238,7 @@ class ModelRunner:
             # Deadlines may have passed while waiting for cores, or a run no longer fits before them.
             jobs = self._expire(self._claim(self.queue.retake(jobs, policy)), self._expected_run_ns)
             if not jobs:
-                return
+                return None
             started = time.monotonic_ns()
             try:
                 inputs = collate([job.request.inputs for job in jobs])
@@ -237,14 +246,14 @@ class ModelRunner:
                 outputs = instance.session.run(inputs, self._wanted(jobs))
             except EdgeplexError as exc:
                 self._fail(jobs, exc)
-                return
+                return None
         computed = time.monotonic_ns()
         rows = [job.rows for job in jobs]
         try:
             parts = split(outputs, rows)
         except EdgeplexError as exc:
             self._fail(jobs, exc)
-            return
+            return None
         done = time.monotonic_ns()
         input_ns, infer_ns, output_ns = collated - started, computed - collated, done - computed
         self.stats.record_execution(sum(rows), input_ns, infer_ns, output_ns)
@@ -261,6 +270,7 @@ class ModelRunner:
             wanted = request.outputs or self._output_names
             response = InferResponse(request.model_name, self.version, {k: part[k] for k in wanted}, id=request.id)
             job.future.set_result(response)
+        return computed - started
 
     @property
     def flows(self) -> dict[str, Flow]:

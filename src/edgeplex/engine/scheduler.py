@@ -117,11 +117,12 @@ class RequestQueue:
         return future
 
     def take(self, policy: BatchPolicy, stop: threading.Event | None = None,
-             defer: Callable[[int], float] | None = None) -> list[Job]:
+             defer: Callable[[int], tuple[float, bool]] | None = None) -> list[Job]:
         """The next batch (one job when the model does not batch); blocks while empty. Empty once
         closed and drained, or once `stop` is set (a retired instance's thread leaves; the jobs
-        stay for the others). `defer(queued)`: seconds to leave the work to instances that will
-        finish it sooner (0: take it now); the others are woken to take it meanwhile."""
+        stay for the others). `defer(queued)`: (seconds to leave the work to instances that will
+        finish it sooner, 0 to take it now; whether one of those is idle here and must be woken).
+        Only an idle one is woken: two deferring instances never wake each other in a loop."""
         with self._cond:
             while True:
                 if stop is not None and stop.is_set():
@@ -135,9 +136,10 @@ class RequestQueue:
                     finally:
                         self._idle -= 1
                     continue
-                pause = defer(len(self._heap)) if defer is not None and not self._closed else 0.0
+                pause, wake = defer(len(self._heap)) if defer is not None and not self._closed else (0.0, False)
                 if pause > 0:
-                    self._cond.notify_all()  # a faster instance waiting here takes it
+                    if wake:
+                        self._cond.notify_all()  # the faster instance waiting here takes it
                     self._cond.wait(pause)
                     continue
                 if policy.max_rows <= 1:

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 POLICIES = ("config", "static", "balance", "pareto")
 BACKGROUND_PRIORITY = 16  # profiling waits behind every request for cores
 REPROFILE_S = 60.0  # how often refuted or disturbed profiles are measured again in the background
+MAX_ATTEMPTS = 9  # a figure still disturbed after this many attempts is left as it is (a box never quiet)
 SWAP_HEADROOM = 0.2  # share of the memory budget left free for the instances a swap opens
 
 
@@ -67,6 +68,7 @@ class Allocator:
         self.last_learned: Learned | None = None
         self._doubted: set[tuple[str, ExecutionConfig]] = set()
         self._refuted: set[tuple[str, ExecutionConfig]] = set()
+        self._profiler: threading.Thread | None = None
         # Exploration: one config on trial at a time, the first EVERY_S after start.
         self.explore = explore
         self._trial: Trial | None = None
@@ -108,11 +110,21 @@ class Allocator:
             try:
                 self.step()
                 now = self.engine.clock.monotonic()
-                if self.profile_missing and self._trial is None and now - last_profiled >= REPROFILE_S:
+                idle = self._profiler is None or not self._profiler.is_alive()
+                if self.profile_missing and idle and now - last_profiled >= REPROFILE_S:
+                    # What observation refuted, or was measured disturbed, on a thread of its own:
+                    # under load its measurements wait for cores, and re-planning must not.
                     last_profiled = now
-                    self.profile_unprofiled()  # what observation refuted, or was measured disturbed
+                    self._profiler = threading.Thread(target=self._reprofile, name="edgeplex-reprofiler", daemon=True)
+                    self._profiler.start()
             except Exception:  # the control path must never die: log and try next round
                 log.exception("allocator step failed")
+
+    def _reprofile(self) -> None:
+        try:
+            self.profile_unprofiled()
+        except Exception:  # a background measurement must never take the allocator down
+            log.exception("background re-profiling failed")
 
     # -- one round -----------------------------------------------------------------------------
     def step(self, force: bool = False) -> PlanResult | None:
@@ -141,6 +153,8 @@ class Allocator:
         current: Placement = {}
         for name in candidates:
             placement = views[name].placement if name in views else None
+            if ended is not None and name == ended.model:
+                placement = ended.before  # the trial's instance is going: judge the plan against what stays
             if placement is not None:
                 current[name] = placement
                 processor = placement.groups[0].config.processor if placement.groups else "cpu"
@@ -192,6 +206,9 @@ class Allocator:
         if picked is None:
             return
         model, candidate = picked
+        memory = self.engine.memory()
+        if memory.budget is not None and memory.used + candidate.memory_bytes > memory.budget:
+            return  # a trial never evicts another model to make room for itself
         trial = start_trial(model, candidate, current[model], now)
         self._tried[(model, candidate.config)] = self._last_trial = now
         log.info("model %s: trial of %s beside its placement (%s)", model, candidate.config.label(),
@@ -255,7 +272,8 @@ class Allocator:
                         self.store.discard(stored)
             missing = [v for v, (digest, _) in known.items()
                        if not self.store.for_model(digest, backend_versions=versions)
-                       or self.store.low_confidence(digest, backend_versions=versions)]
+                       or any(p.extra.get("attempts", 0) < MAX_ATTEMPTS
+                              for p in self.store.low_confidence(digest, backend_versions=versions))]
             if not (missing or doubtful) or self._stop.is_set():
                 continue
             log.info("profiling %s (%s) in the background (missing, refuted or measured disturbed)", name,
