@@ -150,7 +150,8 @@ def test_fixed_job_sends_exactly_the_requests_per_model(edgeplex_url: str) -> No
         assert 0 < figures["finish_s"] <= result["makespan_s"]
         assert _successes(edgeplex_url, model) == 4 + 10  # what the server saw: warm-up + measured
     assert result["makespan_s"] == max(f["finish_s"] for f in result["per_model"].values())
-    assert result["equal_share_rate"] == pytest.approx(10 / result["makespan_s"], rel=0.01)
+    # makespan_s is rounded to the millisecond: on a makespan of tens of ms that alone moves the rate by %.
+    assert result["equal_share_rate"] == pytest.approx(10 / result["makespan_s"], rel=0.01 + 0.0006 / result["makespan_s"])
     assert result["server_cpu_s"] >= 0 and result["busy_cores"] is not None
 
 
