@@ -13,24 +13,36 @@ import pytest
 
 from edgeplex.backends import ExecutionConfig, register_backend, unregister_backend
 from edgeplex.backends.onnxruntime import OnnxRuntimeBackend
+from edgeplex.errors import BackendError
 
 
-class _Paced:
-    """A session that takes a fixed time per run (a synthetic service time), then computes."""
+class WrappedSession:
+    """A real session with its `run` changed by a subclass; memory and close are the real ones."""
 
-    def __init__(self, session: Any, seconds: float) -> None:
-        self._session, self._seconds = session, seconds
+    def __init__(self, session: Any) -> None:
+        self._session = session
 
     @property
     def memory_bytes(self) -> int:
         return int(self._session.memory_bytes)
 
     def run(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        time.sleep(self._seconds)
         return dict(self._session.run(inputs, outputs))
 
     def close(self) -> None:
         self._session.close()
+
+
+class _Paced(WrappedSession):
+    """A session that takes a fixed time per run (a synthetic service time), then computes."""
+
+    def __init__(self, session: Any, seconds: float) -> None:
+        super().__init__(session)
+        self._seconds = seconds
+
+    def run(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        time.sleep(self._seconds)
+        return super().run(inputs, outputs)
 
 
 class PacedBackend(OnnxRuntimeBackend):
@@ -53,23 +65,11 @@ def paced() -> Iterator[None]:
         unregister_backend("paced")
 
 
-class _Broken:
+class _Broken(WrappedSession):
     """A session whose every run fails at once (a config that loads but cannot run)."""
 
-    def __init__(self, session: Any) -> None:
-        self._session = session
-
-    @property
-    def memory_bytes(self) -> int:
-        return int(self._session.memory_bytes)
-
     def run(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        from edgeplex.errors import BackendError
-
         raise BackendError("this stand-in instance always fails")
-
-    def close(self) -> None:
-        self._session.close()
 
 
 class BrokenBackend(OnnxRuntimeBackend):

@@ -209,11 +209,12 @@ def test_real_triton_serves_the_hand_configuration(source: Path, tmp_path: Path)
             np.testing.assert_array_equal(client.infer("sub", [a, b]).as_numpy("out"), [[4, 5, 6]])
         finally:
             client.close()
-        result = fixed_job(server.grpc_url, inputs, clients_per_model=2, warmup=2, requests=8,
+        # Enough requests that the tree's CPU shows in whole clock ticks (10 ms) of the stubs' work.
+        result = fixed_job(server.grpc_url, inputs, clients_per_model=2, warmup=2, requests=60,
                            server_pid=server.process.pid)
         assert result["errors"] == 0, result["error_samples"]
-        assert all(f["completed"] == 8 for f in result["per_model"].values())
-        assert server.successes("add") == 1 + 2 + 8
+        assert all(f["completed"] == 60 for f in result["per_model"].values())
+        assert server.successes("add") == 1 + 2 + 60
         assert result["server_cpu_s"] > 0  # the server's tree: the backend stubs compute
         pid = server.process.pid
     assert server.process.returncode == 0  # stopped cleanly by SIGTERM

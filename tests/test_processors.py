@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 import pytest
 from models import slow_model, write_config
+from standins import WrappedSession
 
 from edgeplex.backends import ExecutionConfig, register_backend, unregister_backend
 from edgeplex.backends.onnxruntime import OnnxRuntimeBackend
@@ -49,22 +50,16 @@ class Concurrency:
             self.now -= 1
 
 
-class _Counted:
+class _Counted(WrappedSession):
     """A session whose runs are counted (everything else is the real ONNX Runtime session's)."""
 
     def __init__(self, session: Any, counter: Concurrency) -> None:
-        self._session, self._counter = session, counter
-
-    @property
-    def memory_bytes(self) -> int:
-        return int(self._session.memory_bytes)
+        super().__init__(session)
+        self._counter = counter
 
     def run(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         with self._counter:
-            return dict(self._session.run(inputs, outputs))
-
-    def close(self) -> None:
-        self._session.close()
+            return super().run(inputs, outputs)
 
 
 class StandInAccelerator(OnnxRuntimeBackend):

@@ -112,7 +112,9 @@ def test_measure_alone_reports_little_foreign_cpu(slow: tuple[Path, ModelConfig]
     print(f"\nalone: foreign_cpu {[m.foreign_cpu for m in seen]}, foreign_cores {[m.foreign_cores for m in seen]}")
     if all(m.foreign_cpu is not None and m.foreign_cpu >= FOREIGN_CPU_MAX for m in seen) and all(
             m.foreign_cores is None or m.foreign_cores >= 0.5 for m in seen):
-        pytest.skip(f"other processes kept the machine busy: {[m.foreign_cores for m in seen]} cores")
+        # Other processes kept the machine busy on every try: then each must say it was disturbed.
+        assert all(m.disturbed for m in seen)
+        return
     assert seen[-1].foreign_cpu is not None and seen[-1].foreign_cpu < FOREIGN_CPU_MAX
     assert "measuring core" not in seen[-1].disturbance
 
