@@ -104,6 +104,9 @@ def test_parse_report() -> None:
     assert (result.client_requests, result.server_requests) == (180, 179)
 
 
+TURN_WINDOW_MS = 4000
+
+
 def test_perf_analyzer_on_two_models_that_take_turns_in_memory(analyzer: PerfAnalyzer, zoo_repo: Path) -> None:
     """Two perf_analyzer processes at once, on two models a memory budget holds one at a time:
     both are served (metadata, config and statistics answer for the evicted one), nothing fails."""
@@ -123,7 +126,9 @@ def test_perf_analyzer_on_two_models_that_take_turns_in_memory(analyzer: PerfAna
 
         def run(model: str) -> None:
             try:
-                results[model] = analyzer.run(model, server.grpc_url, "grpc", CONCURRENCY, MEASUREMENT_MS,
+                # Turns last up to 3 s (RESIDENCY_MAX_S): a window longer than that sees every model
+                # served; a shorter one may fall inside the other model's turn and record nothing.
+                results[model] = analyzer.run(model, server.grpc_url, "grpc", CONCURRENCY, TURN_WINDOW_MS,
                                               stability_percentage=500, max_trials=4)  # turns: uneven windows
             except Exception as exc:  # noqa: BLE001 - reported below with the server's output
                 results[model] = exc
