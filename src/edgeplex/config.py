@@ -365,6 +365,13 @@ class Settings(LogSettings):
     drain_seconds: float = Field(
         DEFAULT_DRAIN_SECONDS, ge=0, description="on SIGINT/SIGTERM, how long in-flight requests may finish"
     )
+    strict_readiness: bool = Field(
+        True, description="ready only when every model that should load is ready (Triton's --strict-readiness); "
+        "off: ready once the server is up",
+    )
+    exit_on_error: bool = Field(
+        False, description="exit (status 2) when a model fails to load at start, instead of serving the others",
+    )
     # -- engine
     cores: int = Field(default_factory=default_cores, ge=1, description="cores in the budget")
     memory_budget: int | None = Field(
