@@ -19,6 +19,7 @@ from models import add_model, int_model, slow_model, write_config
 from edgeplex.engine import Engine, InferRequest, InferResponse
 from edgeplex.errors import (
     DeadlineExceeded,
+    EdgeplexError,
     InvalidInput,
     ModelNotFound,
     ModelNotReady,
@@ -398,3 +399,24 @@ def test_reload_loses_no_queued_request(tmp_path: Path) -> None:
         np.testing.assert_array_equal(future.result(5).outputs["y"], X + X)
     assert runner.stats.inference_count == 22  # 11 requests of 2 rows, each answered once
     engine.close()
+
+
+# -- readiness -----------------------------------------------------------------------------------
+
+
+def test_strict_readiness_waits_on_every_model_asked_to_load(engine: Engine) -> None:
+    # The tiny repository has a broken model: strict readiness names it, lax readiness does not care.
+    assert engine.ready() is True
+    assert engine.ready(strict=True) is False
+    assert set(engine.not_ready()) == {"broken"}
+    assert engine.not_ready()["broken"] == engine.model("broken").reason != ""
+    # Unloaded on purpose, it is no longer waited on; loading it again puts it back in the wait.
+    engine.unload("broken")
+    assert engine.not_ready() == {} and engine.ready(strict=True) is True
+    with pytest.raises(EdgeplexError):
+        engine.load("broken")
+    assert set(engine.not_ready()) == {"broken"}
+    engine.unload("add")
+    assert "add" not in engine.not_ready()
+    engine.load("add")
+    assert "add" not in engine.not_ready()

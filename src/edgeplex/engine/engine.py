@@ -74,6 +74,7 @@ class Engine:
         self._processors = Processors(processors or discover(cores or default_cores(), capacities=capacities))
         self._manager = ModelManager(Repository(repository), self._processors, memory_budget, self.scheduling, clock)
         self._closed = False
+        self._wanted: set[str] = set()  # models asked to load and not unloaded since: readiness waits on them
 
     @property
     def cores(self) -> int:
@@ -90,10 +91,25 @@ class Engine:
         return {p.name: self._processors.pool(p.name) for p in self._processors}
 
     # -- queries -------------------------------------------------------------------------------
-    def ready(self) -> bool:
-        """Server readiness: up and not draining. Like Triton's `--strict-readiness=false`, a model
-        that failed to load makes only itself not ready, never the whole server."""
-        return not self._closed
+    def ready(self, strict: bool = False) -> bool:
+        """Server readiness: up and not draining; `strict` (Triton's `--strict-readiness`) also
+        needs every model asked to load to be servable. Not strict, a model that failed to load
+        makes only itself not ready, never the whole server."""
+        return not self._closed and not (strict and self.not_ready())
+
+    def not_ready(self) -> dict[str, str]:
+        """Models asked to load (at start or over the repository API, and not unloaded since)
+        that cannot take requests now, with the reason: what strict readiness waits on."""
+        missing: dict[str, str] = {}
+        for name in sorted(self._wanted):
+            try:
+                view = self._manager.state(name).view()
+            except EdgeplexError as exc:
+                missing[name] = exc.message
+                continue
+            if not view.servable:
+                missing[name] = view.reason or view.state.lower()
+        return missing
 
     def is_ready(self, name: str, version: str = "") -> bool:
         """Ready to take requests: loaded, or evicted for memory and loaded again by its next one."""
@@ -224,6 +240,7 @@ class Engine:
         wanted = names if names is not None else list(self._manager.repository.scan())
         failures: dict[str, str] = {}
         for name in wanted:
+            self._wanted.add(name)
             try:
                 self._manager.load(name)
             except EdgeplexError as exc:
@@ -231,10 +248,12 @@ class Engine:
         return failures
 
     def load(self, name: str) -> None:
+        self._wanted.add(name)
         self._manager.load(name)
 
     def unload(self, name: str) -> None:
         self._manager.unload(name)
+        self._wanted.discard(name)
 
     def apply(self, placement: ModelPlacement) -> None:
         """Run a model under a new placement (warm swap: nothing in flight is lost)."""
