@@ -22,7 +22,7 @@ from ..repository import Repository
 from ..variant_layout import list_variants, variant_files, variant_summary
 from .clock import SYSTEM_CLOCK, Clock
 from .manager import RELOAD_WAIT_S, ModelManager
-from .placement import ModelPlacement
+from .placement import Explanation, ModelPlacement, config_as_placed
 from .pools import Grant
 from .processors import Processor, Processors, ProcessorView, discover
 from .registry import READY, ModelView
@@ -133,6 +133,17 @@ class Engine:
         return self._manager.state(name).view()
 
     def config(self, name: str, version: str = "") -> ModelConfig:
+        """The model's config as it runs now: the operator's, with the backend, processor,
+        threads, instance count, batching and variant of its placement (`config_as_placed`)."""
+        config = self.operator_config(name, version)
+        try:
+            placement = self._manager.state(name).placement
+        except EdgeplexError:  # never loaded: as its file says
+            return config
+        return config_as_placed(config, placement)
+
+    def operator_config(self, name: str, version: str = "") -> ModelConfig:
+        """The model's config as its file states it (completed from the model's signature)."""
         if version:
             return self._manager.servable(name, version)[0]
         return self._manager.config(name)
@@ -149,7 +160,7 @@ class Engine:
         document: dict[str, Any] = {
             "name": name,
             "versions": versions,
-            "platform": f"{config.backend}_onnx",
+            "platform": f"{config_as_placed(config, self._manager.state(name).placement).backend}_onnx",
             "inputs": tensors(config.inputs),
             "outputs": tensors(config.outputs),
         }
@@ -208,7 +219,7 @@ class Engine:
         source = self._manager.repository.source(name)
         if not source.versions:
             return {}
-        config = self._manager.config(name)
+        config = self.operator_config(name)
         return variant_files(source.versions[source.latest_version], config.default_model_filename)
 
     def placement_report(self) -> list[dict[str, Any]]:
@@ -230,6 +241,7 @@ class Engine:
                 "taking_turns": placement.turn if placement else False,
                 "memory_bytes": view.memory_bytes,
                 "reason": placement.reason if placement else "",
+                "explanation": _explanation(view).as_dict(),
                 "last_decision": {"at": last.at, "placement": last.placement, "reason": last.reason} if last else None,
             })
         return report
@@ -267,6 +279,10 @@ class Engine:
     def report_slowdown(self, name: str, slowdown: float) -> None:
         """The slowdown observed of a model's placement with the other tenants (shown live)."""
         self._manager.set_slowdown(name, slowdown)
+
+    def explain(self, name: str, explanation: Explanation) -> None:
+        """Why a model runs as it does, as the allocator reasons it (shown in the placement report)."""
+        self._manager.set_explanation(name, explanation)
 
     @contextmanager
     def compute_slot(self, config: Any, priority: int) -> Iterator[Grant]:
@@ -340,3 +356,15 @@ class Engine:
 def _reload_wait_s(request: InferRequest) -> float:
     """How long a request may wait for its evicted model's turn: its own timeout, else a bound."""
     return request.timeout_us / 1e6 if request.timeout_us else RELOAD_WAIT_S
+
+
+def _explanation(view: ModelView) -> Explanation:
+    """The allocator's explanation of a model's placement, else what its state says."""
+    placement = view.placement
+    if placement is not None and placement.explanation is not None:
+        return placement.explanation
+    bound = tuple(view.binding.describe())
+    if placement is None or not view.servable:
+        return Explanation(view.reason or view.state.lower(), "default", bound)
+    runs = " + ".join(f"{g.count}x {g.config.backend} t{g.config.threads}" for g in placement.groups)
+    return Explanation(f"{runs}: {placement.reason or 'model config'}", "config", bound)

@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 
 from ..backends import ExecutionConfig
 from ..config import ModelConfig
 from ..errors import EdgeplexError, MemoryFull, ModelNotReady, OverMemoryBudget
 from ..repository import ModelSource, Repository
+from ..variant_layout import existing_variant_path
+from .binding import binding_of, stated_fields, variant_of
 from .clock import SYSTEM_CLOCK, Clock
 from .loader import InstanceLoader, close_all
 from .memory import Evict, Refuse, Resident, TurnLine, Wait, plan_room
-from .placement import InstanceGroup, ModelPlacement
+from .placement import Explanation, InstanceGroup, ModelPlacement
 from .processors import Processors
 from .registry import (
     EVICTED_REASON,
@@ -45,10 +48,31 @@ RETRY_FIRST_S, RETRY_MAX_S = 0.5, 60.0  # back-off of failed reloads
 RELOAD_WAIT_S = 10.0  # how long a request (without a timeout of its own) waits for its model's turn
 
 
-def default_placement(config: ModelConfig) -> ModelPlacement:
-    """What the model's own config asks for: its backend, processor, threads and instance count."""
-    exec_config = ExecutionConfig(config.backend, config.processor, "fp32", config.threads, config.max_batch_size)
-    return ModelPlacement(config.name, [InstanceGroup(exec_config, config.instance_count)], reason="model config")
+def default_placement(config: ModelConfig, processors: Processors | None = None,
+                      source: ModelSource | None = None) -> ModelPlacement:
+    """What the model's own config asks for: its backend, processor, variant, threads and
+    instance count. What cannot run here (a processor the box lacks, a backend that cannot run
+    on it, a variant with no file) is replaced by what can, and the reason says so."""
+    wanted = ExecutionConfig(config.backend, config.processor, variant_of(config), config.threads,
+                             config.max_batch_size)
+    exec_config, problems = wanted, []
+    if processors is not None:
+        try:
+            processors.check(wanted)
+        except EdgeplexError as exc:
+            problems.append(f"{exc.message}: running on cpu instead")
+            exec_config = replace(exec_config, processor="cpu")
+    if source is not None and exec_config.variant != "fp32" and source.versions:
+        folder = source.versions[source.latest_version]
+        try:
+            existing_variant_path(folder, exec_config.variant, config.default_model_filename, config.name)
+        except EdgeplexError as exc:
+            problems.append(f"{exc.message}: running fp32 instead")
+            exec_config = replace(exec_config, variant="fp32")
+    reason = "model config" + "".join(f"; {p}" for p in problems)
+    if problems:
+        log.warning("model %s: its config asks for what cannot run here: %s", config.name, "; ".join(problems))
+    return ModelPlacement(config.name, [InstanceGroup(exec_config, config.instance_count)], reason=reason)
 
 
 class ModelManager:
@@ -99,10 +123,11 @@ class ModelManager:
         try:
             with self._load_lock:
                 config = self.repository.load_config(source)
+                state.binding = binding_of(config, stated_fields(source.config_file, name))
                 if state.placement is None or not serving:
                     if state.next_placement is not None:
                         state.placement, state.next_placement = state.next_placement, None
-                    state.placement = state.placement or default_placement(config)
+                    state.placement = state.placement or default_placement(config, self.processors, source)
                 self._install(state, source, config, state.placement, reuse=False, protect_recent=protect_recent)
         except EdgeplexError as exc:
             with self._lock:
@@ -192,6 +217,13 @@ class ModelManager:
             if state.placement is not None:
                 state.placement.slowdown = slowdown
 
+    def set_explanation(self, name: str, explanation: Explanation) -> None:
+        """Record why a model's placement is what it is (the allocator's latest reasoning)."""
+        state = self.state(name)
+        with self._lock:
+            if state.placement is not None:
+                state.placement.explanation = explanation
+
     def unload(self, name: str, reason: str = "unloaded", evicted: bool = False) -> None:
         """Stop taking requests for `name`, finish those queued, release its sessions. An
         eviction holds the load lock, so that no reload starts while the model drains."""
@@ -214,6 +246,7 @@ class ModelManager:
             current = state.placement
             current.capacity, current.reason, current.turn = placement.capacity, placement.reason, placement.turn
             current.share, current.slowdown = placement.share, placement.slowdown
+            current.explanation = placement.explanation
             current.groups = list(placement.groups)  # the same configs, with their profiled bytes
         extra = growth(placement, [i for r in state.runners.values() for i in r.instances])
         try:

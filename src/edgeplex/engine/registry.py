@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from ..config import ModelConfig
 from ..errors import EdgeplexError, ModelEvicted, ModelNotFound, ModelNotReady
 from ..repository import Repository
+from .binding import Binding
 from .clock import Clock
 from .placement import ModelPlacement
 from .runner import ModelRunner
@@ -63,6 +64,7 @@ class ModelState:
     # for a model that cannot come back get its reason at once instead of each trying a load.
     reload_failures: int = 0
     retry_at: float = 0.0
+    binding: Binding = field(default_factory=Binding)  # the allocation fields its config file sets
 
     @property
     def latest(self) -> str:
@@ -85,7 +87,7 @@ class ModelState:
             versions=tuple(sorted(self.runners, key=int)),
             placement=replace(placement, groups=list(placement.groups)) if placement is not None else None,
             memory_bytes=self.memory_bytes if self.state == READY else 0, placements=self.placements,
-            decisions=tuple(self.decisions),
+            decisions=tuple(self.decisions), binding=self.binding,
         )
 
 
@@ -104,6 +106,7 @@ class ModelView:
     memory_bytes: int = 0
     placements: int = 0
     decisions: tuple[Decision, ...] = ()
+    binding: Binding = field(default_factory=Binding)
 
     @property
     def ready(self) -> bool:

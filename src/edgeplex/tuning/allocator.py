@@ -16,9 +16,10 @@ from dataclasses import replace
 
 from ..backends import ExecutionConfig, available_backends
 from ..config import ModelConfig
-from ..engine import Engine, ModelPlacement, Monitor, Placement
+from ..engine import Binding, Engine, ModelPlacement, ModelView, Monitor, Placement
 from ..errors import MemoryFull
 from ..repository import file_hash
+from .explain import Context, explain_default, explain_planned, explain_unplaced, short
 from .explore import EVERY_S, Trial, pick_trial, start_trial, trial_over
 from .learning import MIN_ROWS, Learned, learn
 from .policies import (
@@ -85,14 +86,13 @@ class Allocator:
     def start(self) -> None:
         """Place every loaded model under the policy; `pareto` then keeps re-planning. `config`
         leaves each model as its own config says (backend, threads, instance_count)."""
-        if self.policy == "config":
-            return
         configs = self._configs()
         if self.policy == "static":
             self._apply_all(static_placement(configs))
         elif self.policy == "balance":
             self._apply_all(balance_placement(configs, available_backends()))
-        else:
+        self._explain_defaults()
+        if self.policy == "pareto":
             self._thread = threading.Thread(target=self._run, name="edgeplex-allocator", daemon=True)
             self._thread.start()
 
@@ -131,6 +131,7 @@ class Allocator:
         """Sample the load, re-plan, and apply the plan if it beats the current one enough; now
         and then put a config never observed on trial (see `explore.py`)."""
         configs = self._configs()
+        bindings = self._bindings()
         loads = self.monitor.sample()
         now_s = self.engine.clock.monotonic()
         ended = self._trial
@@ -139,8 +140,11 @@ class Allocator:
             if not trial_over(ended, seen.rows if seen else 0, now_s, MIN_ROWS):
                 return self.last_result  # no re-plan while a trial runs: it ends within TRIAL_S
             self._trial = None
-        profiled = {m: c for m, c in self.candidates(configs).items() if c}
+        profiles = self.profiles(configs)
+        allowed = self.candidates(configs, profiles, bindings)
+        profiled = {m: c for m, c in allowed.items() if c}
         if not profiled:
+            self._explain_unplaced(configs, bindings, profiles, {m: "" for m in configs}, None, {})
             return None
         # What each config delivers with the other tenants: observed where it ran, else its
         # profile corrected by what observation shows of the model (or the mix) on its processor.
@@ -166,9 +170,13 @@ class Allocator:
         # Plan within part of the budget: a warm swap holds old and new at once.
         budget = int(hard_budget * (1 - SWAP_HEADROOM)) if hard_budget is not None else None
         # The token pools time-share each processor between models: plan under that model of the box.
+        fixed = {m: b.count for m, b in bindings.items() if b.count is not None and m in candidates}
         result = plan_shared(demand, candidates, cores, budget, None, current, capacities=capacities,
-                             hard_budget=hard_budget)
+                             hard_budget=hard_budget, counts=fixed)
         self.last_result = result
+        context = Context(learned, demand, self.interval_s, self.min_gain)
+        unplaced = {m: result.unplaced.get(m, "no candidate config") for m in configs if m not in result.placement}
+        self._explain_unplaced(configs, bindings, profiles, unplaced, context, views)
         # A planned model evicted for memory serves nothing: any plan that fits it back in is a
         # gain. (Those taking turns in memory are evicted by design, and come back on request.)
         evicted = sorted(m for m in candidates if m in views and views[m].evicted and m not in result.turns)
@@ -177,16 +185,20 @@ class Allocator:
                   {m: round(v, 1) for m, v in demand.items()}, {m: round(v, 2) for m, v in self.slowdown.items()},
                   now, result.lam, {m: p.groups[0].count for m, p in result.placement.items()})
         if not force and not should_switch(now, result.lam, self.min_gain):
+            self._explain_kept(current, result, configs, bindings, profiles, context)
             if ended is not None and ended.model in current:  # the trial's instance goes; the rest stays
                 self._apply_all({ended.model: replace(ended.before, reason=f"{ended.before.reason} (after a trial "
                                                       f"of {ended.config.label()})")})
             elif self.explore:
                 self._maybe_trial(learned, current, demand, now_s)
             return result
-        gain = f"predicted mix rate {now:.1f} -> {result.lam:.1f}/s per share"
+        gain = (f"the mix is predicted to sustain {result.lam:.1f} req/s per unit of demand, "
+                + (f"up from {now:.1f}" if now > 0 else "where nothing was known of the placement before"))
         for name, placement in result.placement.items():
             placement.reason = f"pareto: {placement.reason}; {gain}"
             placement.slowdown = round(self.slowdown.get(name, 1.0), 3)
+            placement.explanation = explain_planned(name, placement, configs[name], bindings[name],
+                                                    profiles.get(name, []), context)
         self._apply_all({**result.turns, **result.placement})
         for name in evicted:  # back in, under its new (smaller) placement
             if name in result.placement and not self._stop.is_set():
@@ -232,20 +244,30 @@ class Allocator:
             log.info("model %s: %s runs faster than its stored profile says; planning with what is observed",
                      model, config.label())
 
-    def candidates(self, configs: dict[str, ModelConfig]) -> dict[str, list[Candidate]]:
-        """Each model's candidates from the stored profiles of its original and of its variants
-        (at batch 1 and at the model's max batch, which the dynamic batcher forms when the queue
-        is deep); a variant's fidelity loss is the one its metadata holds now."""
-        profiles: list[Profile] = []
+    def profiles(self, configs: dict[str, ModelConfig]) -> dict[str, list[Profile]]:
+        """Each model's stored profiles, of its original and of its variants (at batch 1 and at
+        the model's max batch); a variant's fidelity loss is the one its metadata holds now."""
+        profiles: dict[str, list[Profile]] = {}
         versions = current_backend_versions()
         for name in configs:
+            own = profiles.setdefault(name, [])
             for variant, (digest, loss) in self._variants(name).items():
                 if self.store is None:
                     continue
                 # Keyed by the file, not the name: a model with the same file shares its profiles.
                 stored = self.store.for_model(digest, backend_versions=versions)
-                profiles += [replace(p, model=name, fidelity_loss=loss) for p in stored if p.config.variant == variant]
-        return candidates_for_models(profiles, configs, self.engine.cores, self.engine.capacities())
+                own += [replace(p, model=name, fidelity_loss=loss) for p in stored if p.config.variant == variant]
+        return profiles
+
+    def candidates(self, configs: dict[str, ModelConfig], profiles: dict[str, list[Profile]] | None = None,
+                   bindings: dict[str, Binding] | None = None) -> dict[str, list[Candidate]]:
+        """Each model's candidates: its profiled configs within its slo_ms and fidelity bound and
+        within what its config file binds (backend, processor, variant, threads, batching)."""
+        profiles = self.profiles(configs) if profiles is None else profiles
+        bindings = self._bindings() if bindings is None else bindings
+        allowed = [p for name, own in profiles.items() for p in own
+                   if name not in bindings or bindings[name].allows(p.config)]
+        return candidates_for_models(allowed, configs, self.engine.cores, self.engine.capacities())
 
     def profile_unprofiled(self) -> None:
         """Briefly profile, in the background, what the store lacks or does not trust: every model
@@ -290,6 +312,43 @@ class Allocator:
         """The models to place: those serving, and those evicted for memory (a placement with
         smaller variants may fit them all back in)."""
         return {s.name: s.config for s in self.engine.models() if s.servable and s.config is not None}
+
+    def _bindings(self) -> dict[str, Binding]:
+        """What each model's config file binds (the allocator chooses only the rest)."""
+        return {view.name: view.binding for view in self.engine.models()}
+
+    def _explain_defaults(self) -> None:
+        """Explain placements no plan chose yet: the model's config, or a baseline policy."""
+        for view in self.engine.models():
+            if view.placement is not None:
+                self.engine.explain(view.name, explain_default(view.placement, view.binding, self.policy))
+
+    def _explain_unplaced(self, configs: dict[str, ModelConfig], bindings: dict[str, Binding],
+                          profiles: dict[str, list[Profile]], unplaced: dict[str, str], context: Context | None,
+                          views: dict[str, ModelView] | None = None) -> None:
+        """Models the plan leaves as they are: say why (not profiled, nothing within bounds, memory)."""
+        context = context or Context(None, {}, self.interval_s, self.min_gain)
+        views = views if views is not None else {view.name: view for view in self.engine.models()}
+        for name, why in unplaced.items():
+            view = views.get(name)
+            if view is None or view.placement is None or view.placement.turn:
+                continue
+            self.engine.explain(name, explain_unplaced(name, view.placement, configs[name], bindings[name],
+                                                       profiles.get(name, []), why, context))
+
+    def _explain_kept(self, current: Placement, result: PlanResult, configs: dict[str, ModelConfig],
+                      bindings: dict[str, Binding], profiles: dict[str, list[Profile]], context: Context) -> None:
+        """Placements kept this round (the plan would not gain enough): explained with today's figures."""
+        for name, placement in current.items():
+            if name in result.placement and name in configs:
+                why = explain_planned(name, placement, configs[name], bindings[name], profiles.get(name, []), context)
+                planned = result.placement[name]
+                if not planned.same_configs(placement):
+                    why = replace(why, would_change=(f"{why.would_change}. The plan prefers "
+                                                     + " + ".join(f"{g.count}x {short(g.config)}"
+                                                                  for g in planned.groups)
+                                                     + f", but the mix would gain less than {self.min_gain:.0%}"))
+                self.engine.explain(name, why)
 
     def _apply_all(self, placement: Placement) -> None:
         """Apply model by model, those that shrink first: memory they free is there for the rest."""

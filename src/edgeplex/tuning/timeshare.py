@@ -41,6 +41,7 @@ def plan_shared(
     current: Placement | None = None,
     capacities: Mapping[str, int] | None = None,
     hard_budget: int | None = None,
+    counts: Mapping[str, int] | None = None,
 ) -> PlanResult:
     """One config per model and its instance count, maximising λ (ties: keep the current
     config, then use less memory). When the memory budget cannot hold every model even in its
@@ -48,7 +49,9 @@ def plan_shared(
     the best λ), leaving room within `hard_budget` (the budget the manager enforces; planning
     keeps a margin below it for warm swaps) for the largest of the others, which take turns
     in that room; only if no placement leaves it do they take turns with the placed models.
-    The others are reported in `unplaced`, as are models with no candidate."""
+    The others are reported in `unplaced`, as are models with no candidate. `counts`: the
+    instance counts the operator fixed (a model's config states `instance_count`)."""
+    fixed = dict(counts or {})
     models = sorted(m for m in set(demand) | set(candidates) if candidates.get(m))
     unplaced = {m: "no candidate config (not profiled, or none meets its slo_ms / fidelity bound)"
                 for m in set(demand) | set(candidates) if not candidates.get(m)}
@@ -69,10 +72,11 @@ def plan_shared(
             found, room = None, not rest  # all placed: nobody needs a room
             if rest and memory_budget is not None and hard_budget is not None:  # leave the rest a turn room
                 budget = min(memory_budget, hard_budget - max(rest))
-                found = _search(subset, choices, caps, budget, d, slowdown, current, effort) if budget > 0 else None
+                found = (_search(subset, choices, caps, budget, d, slowdown, current, effort, fixed)
+                         if budget > 0 else None)
                 room = found is not None
             if found is None and (best is None or len(best[1]) == size):  # a larger one without room stands
-                found = _search(subset, choices, caps, memory_budget, d, slowdown, current, effort)
+                found = _search(subset, choices, caps, memory_budget, d, slowdown, current, effort, fixed)
             if found is not None:
                 score = (room, sum(raw[m] for m in subset), *found[0])
                 if best is None or (score > best[0] if len(best[1]) == size else room and not best[0][0]):
@@ -123,6 +127,7 @@ class _Effort:
 def _search(
     models: tuple[str, ...], choices: Mapping[str, list[Candidate]], caps: Mapping[str, int], budget: int | None,
     d: Mapping[str, float], slowdown: Mapping[str, float] | None, current: Placement | None, effort: _Effort,
+    fixed: Mapping[str, int] | None = None,
 ) -> tuple[Score, dict[str, tuple[Candidate, int]]] | None:
     """The best (λ, configs kept, -memory) combination of `models`' configs, None if none fits:
     every combination while `effort` (evaluations left for this plan) lasts, else a local search
@@ -131,7 +136,7 @@ def _search(
 
     def score(chosen: dict[str, Candidate]) -> tuple[Score, dict[str, tuple[Candidate, int]]] | None:
         effort.left -= 1
-        counts = _instances(chosen, caps, budget, d, slowdown)
+        counts = _instances(chosen, caps, budget, d, slowdown, fixed)
         if counts is None:
             return None
         lam = _lam(chosen, counts, d, caps, slowdown)
@@ -213,14 +218,17 @@ def _cost(c: Candidate, model: str, slowdown: Mapping[str, float] | None) -> flo
 
 
 def _instances(chosen: dict[str, Candidate], caps: Mapping[str, int], budget: int | None,
-               d: Mapping[str, float], slowdown: Mapping[str, float] | None) -> dict[str, int] | None:
-    """As many instances as each processor can run at once, then, while over the memory budget,
-    one instance less where that costs λ least (ties: where it frees the most memory)."""
-    counts = {m: max(1, caps.get(c.config.processor, 1) // c.threads) for m, c in chosen.items()}
+               d: Mapping[str, float], slowdown: Mapping[str, float] | None,
+               fixed: Mapping[str, int] | None = None) -> dict[str, int] | None:
+    """As many instances as each processor can run at once (the operator's count where fixed),
+    then, while over the memory budget, one instance less where that costs λ least (ties: where
+    it frees the most memory); a fixed count is never trimmed."""
+    fixed = fixed or {}
+    counts = {m: fixed.get(m) or max(1, caps.get(c.config.processor, 1) // c.threads) for m, c in chosen.items()}
     if budget is None:
         return counts
     while sum(chosen[m].memory_bytes * n for m, n in counts.items()) > budget:
-        trimmable = [m for m, n in counts.items() if n > 1]
+        trimmable = [m for m, n in counts.items() if n > 1 and m not in fixed]
         if not trimmable:
             return None
 
