@@ -41,6 +41,7 @@ POLICIES = ("config", "static", "balance", "pareto")
 BACKGROUND_PRIORITY = 16  # profiling waits behind every request for cores
 REPROFILE_S = 60.0  # how often refuted or disturbed profiles are measured again in the background
 MAX_ATTEMPTS = 9  # a figure still disturbed after this many attempts is left as it is (a box never quiet)
+NO_CANDIDATE = "no profiled config of it meets its slo_ms, fidelity bound and the fields its config sets"
 SWAP_HEADROOM = 0.2  # share of the memory budget left free for the instances a swap opens
 
 
@@ -144,7 +145,7 @@ class Allocator:
         allowed = self.candidates(configs, profiles, bindings)
         profiled = {m: c for m, c in allowed.items() if c}
         if not profiled:
-            self._explain_unplaced(configs, bindings, profiles, {m: "" for m in configs}, None, {})
+            self._explain_unplaced(configs, bindings, profiles, dict.fromkeys(configs, NO_CANDIDATE), None)
             return None
         # What each config delivers with the other tenants: observed where it ran, else its
         # profile corrected by what observation shows of the model (or the mix) on its processor.
@@ -175,7 +176,7 @@ class Allocator:
                              hard_budget=hard_budget, counts=fixed)
         self.last_result = result
         context = Context(learned, demand, self.interval_s, self.min_gain)
-        unplaced = {m: result.unplaced.get(m, "no candidate config") for m in configs if m not in result.placement}
+        unplaced = {m: result.unplaced.get(m, NO_CANDIDATE) for m in configs if m not in result.placement}
         self._explain_unplaced(configs, bindings, profiles, unplaced, context, views)
         # A planned model evicted for memory serves nothing: any plan that fits it back in is a
         # gain. (Those taking turns in memory are evicted by design, and come back on request.)
