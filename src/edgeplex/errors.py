@@ -110,3 +110,8 @@ class ServerShuttingDown(EdgeplexError):
 
     http_status = 503
     grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class StartupError(EdgeplexError):
+    """The server cannot start (a port already in use, an address it may not listen on): one line
+    for the operator, raised after whatever had started is stopped again."""

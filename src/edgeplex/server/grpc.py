@@ -21,7 +21,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from ..config import DEFAULT_MAX_BODY_BYTES
 from ..engine import Engine, InferRequest, InferResponse
-from ..errors import EdgeplexError, Forbidden, InvalidInput
+from ..errors import EdgeplexError, Forbidden, InvalidInput, StartupError
 from ..tensors import (
     DEFAULT_MAX_ELEMENTS,
     V2_TO_NUMPY,
@@ -34,6 +34,7 @@ from ..tensors import (
 from . import triton
 from .auth import ApiKeyInterceptor
 from .grpc_wire import parse_infer_request, serialize_infer_response, serialize_stream_response
+from .ports import check_bindable
 from .triton import REPOSITORY_API_OFF
 
 log = logging.getLogger(__name__)
@@ -211,10 +212,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     """`inference.GRPCInferenceService` answered by an Engine; unlisted RPCs stay UNIMPLEMENTED."""
 
     def __init__(self, engine: Engine, repository_api: bool = False,
-                 max_tensor_elements: int = DEFAULT_MAX_ELEMENTS) -> None:
+                 max_tensor_elements: int = DEFAULT_MAX_ELEMENTS, strict_readiness: bool = False) -> None:
         self.engine = engine
         self.repository_api = repository_api
         self.max_tensor_elements = max_tensor_elements
+        self.strict_readiness = strict_readiness
 
     @_unary
     async def ServerLive(self, request: Any, context: Any) -> Any:
@@ -222,7 +224,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     @_unary
     async def ServerReady(self, request: Any, context: Any) -> Any:
-        return service_pb2.ServerReadyResponse(ready=self.engine.ready())
+        # The message has no room for why; the log names the models (triton.server_readiness).
+        ready = triton.server_readiness(self.engine, self.strict_readiness)["ready"]
+        return service_pb2.ServerReadyResponse(ready=ready)
 
     @_unary
     async def ModelReady(self, request: Any, context: Any) -> Any:
@@ -354,10 +358,14 @@ def _register(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
 async def start_grpc_server(
     engine: Engine, host: str, port: int, max_message_bytes: int = DEFAULT_MAX_BODY_BYTES, *,
     api_key: str | None = None, repository_api: bool = False, max_tensor_elements: int = DEFAULT_MAX_ELEMENTS,
+    strict_readiness: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     """Start serving `engine` on host:port (0 = a free port); returns the server and its port.
-    With `api_key`, every call must carry it; `repository_api` allows model load/unload.
+    With `api_key`, every call must carry it; `repository_api` allows model load/unload;
+    `strict_readiness` makes ServerReady wait for every model asked to load (as Triton).
+    A port that cannot be bound is a StartupError naming it, with nothing left running.
     Stopping it is the caller's: `await server.stop(grace)`."""
+    check_bindable("gRPC", host, port)  # before gRPC's core, which would print its own error lines
     server = grpc.aio.server(
         interceptors=[ApiKeyInterceptor(api_key)] if api_key else None,
         options=[
@@ -367,11 +375,19 @@ async def start_grpc_server(
             ("grpc.so_reuseport", 0),
         ]
     )
-    _register(InferenceServicer(engine, repository_api, max_tensor_elements), server)
+    _register(InferenceServicer(engine, repository_api, max_tensor_elements, strict_readiness), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = server.add_insecure_port(address)
-    if bound == 0:
-        raise OSError(f"gRPC server cannot bind {address}")
-    await server.start()
+    try:
+        bound = server.add_insecure_port(address)  # grpcio raises RuntimeError; older ones return 0
+    except RuntimeError:
+        bound = 0
+    if bound == 0:  # taken between the check and the bind
+        await server.stop(None)
+        raise StartupError(f"gRPC port {port} on {host} cannot be bound (is it already in use?)")
+    try:
+        await server.start()
+    except BaseException:
+        await server.stop(None)
+        raise
     log.info("gRPC server listening on %s", f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}")
     return server, bound

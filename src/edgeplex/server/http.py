@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from ..config import DEFAULT_MAX_BODY_BYTES
 from ..engine import Engine
-from ..errors import EdgeplexError, Forbidden, InvalidInput, ModelNotReady, PayloadTooLarge
+from ..errors import EdgeplexError, Forbidden, InvalidInput, PayloadTooLarge
 from ..tensors import DEFAULT_MAX_ELEMENTS
 from .auth import ApiKeyMiddleware
 from .codec import (
@@ -36,7 +36,14 @@ from .codec import (
 from .dashboard import ASSETS, STATIC_DIR, FrontsSource, dashboard_document, no_fronts, plotly_js
 from .metrics import metrics_registry
 from .openapi import OPENAPI_PATH, openapi_document
-from .triton import REPOSITORY_API_OFF, model_config_dict, repository_index, server_metadata
+from .triton import (
+    REPOSITORY_API_OFF,
+    model_config_dict,
+    model_readiness,
+    repository_index,
+    server_metadata,
+    server_readiness,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +95,14 @@ class UnexpectedErrors:
 def build_app(
     engine: Engine, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, fronts: FrontsSource | None = None, *,
     api_key: str | None = None, repository_api: bool = False, max_tensor_elements: int = DEFAULT_MAX_ELEMENTS,
+    strict_readiness: bool = False,
 ) -> Any:
     """The ASGI application serving `engine`; `fronts`: where the dashboard's Pareto fronts come
     from (None: it says there are none). With `api_key`, every endpoint but the dashboard's
-    static files (which hold no data) requires it; `repository_api` allows model load/unload.
-    Errors are mapped once, by Starlette's exception handlers."""
+    static files (which hold no data) requires it; `repository_api` allows model load/unload;
+    `strict_readiness` (the server's setting, on by default there) makes /v2/health/ready wait
+    for every model asked to load, as Triton does. Errors are mapped once, by Starlette's
+    exception handlers."""
 
     def version_of(request: Request) -> str:
         return str(request.path_params.get("version", ""))
@@ -117,10 +127,11 @@ def build_app(
         return body
 
     async def live(request: Request) -> Response:
-        return Response(status_code=200)
+        return json_response({"live": True})
 
     async def ready(request: Request) -> Response:
-        return Response(status_code=200 if engine.ready() else 503)
+        document = server_readiness(engine, strict_readiness)
+        return json_response(document, 200 if document["ready"] else 503)
 
     async def metadata(request: Request) -> Response:
         return json_response(server_metadata())
@@ -133,12 +144,9 @@ def build_app(
         return json_response(engine.metadata(request.path_params["model"], version_of(request), variants=True))
 
     async def model_ready(request: Request) -> Response:
-        try:
-            engine.check_servable(request.path_params["model"], version_of(request))
-        except ModelNotReady:
-            return Response(status_code=503)
         # ModelNotFound (no such model, or no such version of a ready one) is answered 404
-        return Response(status_code=200)
+        document = model_readiness(engine, request.path_params["model"], version_of(request))
+        return json_response(document, 200 if document["ready"] else 503)
 
     async def model_config(request: Request) -> Response:
         return json_response(model_config_dict(engine.config(request.path_params["model"], version_of(request))))

@@ -3,11 +3,14 @@ model configuration and the repository index, each built once from the engine's 
 
 from __future__ import annotations
 
+import logging
+import weakref
 from typing import Any
 
 from .. import __version__
 from ..config import ModelConfig
 from ..engine import Engine
+from ..errors import ModelNotReady
 
 SERVER_NAME = "edgeplex"
 EXTENSIONS = [
@@ -19,10 +22,51 @@ EXTENSIONS = [
 
 
 REPOSITORY_API_OFF = "the repository load/unload API is off on this server (start it with --enable-repository-api)"
+SHUTTING_DOWN = "the server is shutting down"
+
+log = logging.getLogger(__name__)
+# What readiness last reported per engine, so a probe every second logs only changes, and the
+# HTTP and gRPC adapters of one engine log them once between them.
+_last_reported: weakref.WeakKeyDictionary[Engine, dict[str, str]] = weakref.WeakKeyDictionary()
 
 
 def server_metadata() -> dict[str, Any]:
     return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+
+
+def server_readiness(engine: Engine, strict: bool) -> dict[str, Any]:
+    """The server readiness document both adapters answer: `{"ready": true}`, or `{"ready": false}`
+    with why: `reason` when shutting down, and under `strict` (Triton's `--strict-readiness`)
+    `models`, every model asked to load that cannot take requests, with its reason."""
+    if not engine.ready():
+        return {"ready": False, "reason": SHUTTING_DOWN}
+    missing = engine.not_ready() if strict else {}
+    _log_change(engine, missing)
+    if missing:
+        return {"ready": False, "models": missing}
+    return {"ready": True}
+
+
+def _log_change(engine: Engine, missing: dict[str, str]) -> None:
+    """Log the models strict readiness waits on when they change (not at every probe)."""
+    if _last_reported.get(engine, {}) == missing:
+        return
+    _last_reported[engine] = dict(missing)
+    if missing:
+        names = "; ".join(f"{name}: {reason}" for name, reason in missing.items())
+        log.warning("server not ready (strict readiness) until these models are: %s", names)
+    else:
+        log.info("server ready: every model asked to load is ready")
+
+
+def model_readiness(engine: Engine, name: str, version: str = "") -> dict[str, Any]:
+    """`{"name", "ready"}` of one model (and `reason` when not ready); ModelNotFound for an
+    unknown model or version, which the adapters answer as 404 / NOT_FOUND."""
+    try:
+        engine.check_servable(name, version)
+    except ModelNotReady as exc:
+        return {"name": name, "ready": False, "reason": exc.message}
+    return {"name": name, "ready": True}
 
 
 def model_config_dict(config: ModelConfig) -> dict[str, Any]:
