@@ -10,20 +10,25 @@ default is stated once, here (MLServer's `settings.py`, in spirit).
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .config_errors import Problem, did_you_mean, dotted, problems, shown
+from .config_files import DATATYPE_ALIASES, ConfigFields
+from .config_files import read_config_file as read_config_file  # the name callers know
 from .errors import ConfigError
 from .tensors import DEFAULT_MAX_ELEMENTS, V2_TO_NUMPY
 
 KNOWN_BACKENDS = ("onnxruntime", "openvino")
+NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
+PROCESSOR_PATTERN = r"^[a-z][a-z0-9_\-]*(:[A-Za-z0-9_.\-]+)?$"
 
 
 class TensorSpec(BaseModel):
@@ -39,17 +44,20 @@ class TensorSpec(BaseModel):
     @classmethod
     def _datatype(cls, value: object) -> str:
         text = str(value).upper().removeprefix("TYPE_")
-        if text == "STRING":
-            text = "BYTES"
+        text = {"STRING": "BYTES"}.get(text, text)
         if text not in V2_TO_NUMPY:
-            raise ValueError(f"unknown datatype '{value}' (expected one of {', '.join(V2_TO_NUMPY)})")
+            alias = {k: f"'{v}'" for k, v in DATATYPE_ALIASES.items()}
+            raise ValueError(
+                f"must be a KServe V2 datatype ({', '.join(V2_TO_NUMPY)}; Triton's TYPE_ names are read too), "
+                f"got {shown(value)}{did_you_mean(text, V2_TO_NUMPY, alias)}"
+            )
         return text
 
     @field_validator("dims")
     @classmethod
     def _dims(cls, value: list[int]) -> list[int]:
         if any(d < -1 or d == 0 for d in value):
-            raise ValueError(f"dims {value} must be positive or -1 (any size)")
+            raise ValueError(f"must be positive or -1 (any size), got {value}")
         return value
 
 
@@ -69,7 +77,7 @@ class DynamicBatching(BaseModel):
     @classmethod
     def _preferred(cls, value: list[int]) -> list[int]:
         if any(size < 1 for size in value):
-            raise ValueError(f"preferred batch sizes {value} must be >= 1")
+            raise ValueError(f"must all be 1 or more, got {value}")
         return sorted(set(value))
 
 
@@ -78,7 +86,7 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: str = Field(min_length=1, pattern=NAME_PATTERN)
     backend: str = "onnxruntime"
     max_batch_size: int = Field(default=0, ge=0)
     inputs: list[TensorSpec] = Field(default_factory=list)
@@ -86,7 +94,7 @@ class ModelConfig(BaseModel):
     instance_count: int = Field(default=1, ge=1, le=64)
     # Where its instances run when the config places it: `cpu`, or a processor the engine
     # discovered (`cuda:0`, `gpu:0`, ...; see GET /v2/edgeplex/processors).
-    processor: str = Field(default="cpu", pattern=r"^[a-z][a-z0-9_\-]*(:[A-Za-z0-9_.\-]+)?$")
+    processor: str = Field(default="cpu", pattern=PROCESSOR_PATTERN)
     # Intra-op threads per instance; 0 lets the backend pick (ONNX Runtime: one per core).
     threads: int = Field(default=1, ge=0, le=256)
     priority: int = Field(default=1, ge=1, le=16)
@@ -115,7 +123,10 @@ class ModelConfig(BaseModel):
     def _backend(cls, value: str) -> str:
         value = {"onnxruntime_onnx": "onnxruntime"}.get(value, value)
         if value not in KNOWN_BACKENDS:
-            raise ValueError(f"unknown backend '{value}' (expected one of {', '.join(KNOWN_BACKENDS)})")
+            raise ValueError(
+                f"must be {' or '.join(repr(b) for b in KNOWN_BACKENDS)} (Triton's 'onnxruntime_onnx' is read as "
+                f"'onnxruntime'), got {shown(value)}{did_you_mean(value, KNOWN_BACKENDS)}"
+            )
         return value
 
     def input(self, name: str) -> TensorSpec | None:
@@ -126,93 +137,71 @@ class ModelConfig(BaseModel):
         return ([-1] if self.max_batch_size > 0 else []) + list(spec.dims)
 
 
-def read_config_file(path: Path, model_name: str) -> dict[str, Any]:
-    """The raw fields of a config.yaml or config.pbtxt (not yet validated)."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    if path.suffix == ".pbtxt":
-        return _pbtxt_fields(text, path)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of fields, got {type(data).__name__}")
-    return data
-
-
 def validate_config(fields: dict[str, Any], source: Path | str) -> ModelConfig:
-    """A ModelConfig from raw fields; ConfigError naming the source and each bad field."""
+    """A ModelConfig from raw fields; else a ConfigError listing every problem, one per line, each
+    with the file and line of its field (when `fields` came from `read_config_file`)."""
     try:
         return ModelConfig.model_validate(fields)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"field '{'.'.join(str(p) for p in err['loc']) or '<root>'}': {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{source}: {problems}") from None
+        found = problems(exc, ModelConfig, _ALIASES, _PATTERN_WORDS)
+        raise ConfigError(config_message(fields, source, [_triton_only(p) for p in found])) from None
 
 
-def _pbtxt_fields(text: str, path: Path) -> dict[str, Any]:
-    """Read Triton's config.pbtxt with Triton's own schema, then map it to our fields."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2 as mc
-
-    proto = mc.ModelConfig()
-    try:
-        text_format.Parse(text, proto)
-    except text_format.ParseError as exc:
-        raise ConfigError(f"{path}: invalid config.pbtxt: {exc}") from None
-
-    def spec(t: Any) -> dict[str, Any]:
-        return {"name": t.name, "datatype": mc.DataType.Name(t.data_type), "dims": list(t.dims)}
-
-    fields: dict[str, Any] = {}
-    if proto.name:
-        fields["name"] = proto.name
-    backend = proto.backend or proto.platform
-    if backend:
-        fields["backend"] = backend
-    if proto.max_batch_size:
-        fields["max_batch_size"] = proto.max_batch_size
-    if proto.input:
-        fields["inputs"] = [spec(t) for t in proto.input]
-    if proto.output:
-        fields["outputs"] = [spec(t) for t in proto.output]
-    if proto.instance_group:
-        fields["instance_count"] = sum(max(group.count, 1) for group in proto.instance_group)
-        gpu = next((g for g in proto.instance_group if g.kind == mc.ModelInstanceGroup.KIND_GPU), None)
-        if gpu is not None:  # Triton's GPU instances: ONNX Runtime's CUDA providers on that device
-            fields["processor"] = f"cuda:{gpu.gpus[0] if gpu.gpus else 0}"
-    if proto.default_model_filename:
-        fields["default_model_filename"] = proto.default_model_filename
-    if proto.HasField("dynamic_batching"):
-        fields.update(_pbtxt_batching(proto.dynamic_batching, mc))
-    params = {key: value.string_value for key, value in proto.parameters.items()}
-    if params:
-        fields["parameters"] = params
-    return fields
+def config_message(fields: Mapping[str, Any], source: Path | str, found: list[Problem]) -> str:
+    """Each problem on its own line, `file:line: ...`, in the order of the file's lines; a field
+    is named as the file spells it."""
+    located = fields if isinstance(fields, ConfigFields) else None
+    rows = []
+    for problem in found:
+        line = located.line(problem.loc) if located is not None else None
+        name = located.name(problem.loc) if located is not None else dotted(problem.loc)
+        where = f"{located.path}:{line}" if located is not None and line else str(located.path if located else source)
+        rows.append((line or 0, f"{where}: {problem.worded(name)}"))
+    return "\n".join(text for _, text in sorted(rows, key=lambda row: row[0]))
 
 
-def _pbtxt_batching(batching: Any, mc: Any) -> dict[str, Any]:
-    """Triton's dynamic_batching block: the batcher, the default priority and queue policy."""
-    fields: dict[str, Any] = {"dynamic_batching": {
-        "max_queue_delay_microseconds": batching.max_queue_delay_microseconds,
-        "preferred_batch_size": list(batching.preferred_batch_size),
-    }}
-    if batching.default_priority_level:
-        fields["priority"] = batching.default_priority_level
-    if batching.HasField("default_queue_policy"):
-        policy = batching.default_queue_policy
-        fields["timeout_action"] = "run" if policy.timeout_action == mc.ModelQueuePolicy.DELAY else "reject"
-        if policy.max_queue_size:
-            fields["max_queue_size"] = policy.max_queue_size
-        if policy.default_timeout_microseconds:
-            fields["slo_ms"] = policy.default_timeout_microseconds / 1000
-    return fields
+def _triton_only(problem: Problem) -> Problem:
+    """An unknown field that is Triton's says so, rather than that nothing is like it."""
+    if problem.unknown and not problem.says and len(problem.loc) == 1 and problem.loc[0] in TRITON_ONLY_FIELDS:
+        return Problem(problem.loc, " (a Triton field edgeplex does not read: remove it)", unknown=True)
+    return problem
+
+
+# Names that Triton's config (or habit) gives a field, and what to write instead.
+_ALIASES: dict[type[BaseModel], dict[str, str]] = {
+    ModelConfig: {
+        "input": "'inputs'", "output": "'outputs'", "platform": "'backend'",
+        "instance_group": "'instance_count' and 'processor'",
+        "count": "'instance_count'", "instances": "'instance_count'", "kind": "'processor'",
+        "gpus": "'processor' (e.g. cuda:0)", "default_priority_level": "'priority'",
+        "priority_levels": "'priority' (1 is served first)",
+        "max_queue_delay_microseconds": "'dynamic_batching.max_queue_delay_microseconds'",
+        "preferred_batch_size": "'dynamic_batching.preferred_batch_size'",
+        "default_queue_policy": "'timeout_action', 'max_queue_size' and 'slo_ms'",
+        "default_timeout_microseconds": "'slo_ms' (in milliseconds)",
+        "intra_op_num_threads": "'threads'", "num_threads": "'threads'",
+        "model_filename": "'default_model_filename'", "filename": "'default_model_filename'",
+    },
+    TensorSpec: {"data_type": "'datatype'", "dtype": "'datatype'", "type": "'datatype'", "shape": "'dims'",
+                 "dim": "'dims'"},
+    DynamicBatching: {
+        "default_priority_level": "'priority', at the top level",
+        "priority_levels": "'priority', at the top level",
+        "default_queue_policy": "'timeout_action', 'max_queue_size' and 'slo_ms', at the top level",
+        "max_queue_size": "'max_queue_size', at the top level",
+        "max_batch_size": "'max_batch_size', at the top level",
+    },
+}
+# Fields of Triton's ModelConfig that edgeplex has no use for.
+TRITON_ONLY_FIELDS = frozenset({
+    "version_policy", "optimization", "sequence_batching", "ensemble_scheduling", "model_warmup",
+    "model_operations", "model_transaction_policy", "model_repository_agents", "response_cache",
+    "batch_input", "batch_output", "cc_model_filenames", "metric_tags", "runtime",
+})
+_PATTERN_WORDS = {
+    NAME_PATTERN: "may contain only letters, digits, '_', '.' and '-'",
+    PROCESSOR_PATTERN: "must be 'cpu' or a processor such as 'cuda:0' or 'gpu:0' (see GET /v2/edgeplex/processors)",
+}
 
 
 _UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9,
@@ -283,25 +272,35 @@ def _env_var(setting: str) -> str | None:
     return next((key for key, value in os.environ.items() if key.upper() == wanted and value != ""), None)
 
 
-def _settings_problems(exc: ValidationError, given: Mapping[str, Any]) -> str:
-    """One line naming each bad setting, and the environment variable it came from, if any."""
-    problems = []
-    for err in exc.errors():
-        loc = err["loc"]
-        name = str(loc[0]) if loc else ""
-        message = err["msg"].removeprefix("Value error, ")
+def flag_name(setting: str) -> str:
+    """The command-line flag that gives a setting: `http_port` -> `--http-port` (`models`: `--model`)."""
+    return "--model" if setting == "models" else "--" + setting.replace("_", "-")
+
+
+def _settings_problems(exc: ValidationError, given: Mapping[str, Any], model: type[BaseModel]) -> list[str]:
+    """One line per bad setting, naming it, its flag, and the environment variable it came from."""
+    rows = []
+    for problem in problems(exc, model):
+        name = str(problem.loc[0]) if problem.loc else ""
         secret = name == "api_key"  # never echo a key
         if not name:
-            problems.append(message)
-        elif err["type"] == "extra_forbidden":
-            problems.append(f"unknown setting '{name}'")
+            rows.append(problem.says)
+        elif problem.unknown:
+            rows.append(problem.worded(name, noun="setting"))
         elif name not in given and (var := _env_var(name)) is not None:
             value = "" if secret else f"={os.environ[var]!r}"
-            problems.append(f"environment variable {var}{value} (setting '{name}'): {message}")
+            rows.append(f"environment variable {var}{value} (setting '{name}'): {problem.says}{problem.hint}")
         else:
-            value = "" if secret else f" = {err['input']!r}"
-            problems.append(f"setting '{'.'.join(str(p) for p in loc)}'{value}: {message}")
-    return "invalid settings: " + "; ".join(problems)
+            value = "" if secret or not problem.given else f" = {problem.given}"
+            rows.append(f"setting '{dotted(problem.loc)}'{value} ({flag_name(name)}): {problem.says}{problem.hint}")
+    return rows
+
+
+def _settings_message(rows: list[str]) -> str:
+    """`invalid setting: ...`, or each of several on its own line."""
+    if len(rows) == 1:
+        return f"invalid setting: {rows[0]}"
+    return "invalid settings:\n" + "\n".join(f"  {row}" for row in rows)
 
 
 def _lower(value: object) -> object:
@@ -321,10 +320,30 @@ class LogSettings(BaseSettings):
     def __init__(self, **values: Any) -> None:
         """Keyword values win over `EDGEPLEX_*` variables, which win over the defaults; a bad
         value raises ConfigError naming the setting and, when it came from one, the variable."""
+        typos = self._misspelled_variables()
         try:
             super().__init__(**values)
         except ValidationError as exc:
-            raise ConfigError(_settings_problems(exc, values)) from None
+            raise ConfigError(_settings_message(typos + _settings_problems(exc, values, type(self)))) from None
+        if typos:
+            raise ConfigError(_settings_message(typos))
+
+    @classmethod
+    def _misspelled_variables(cls) -> list[str]:
+        """EDGEPLEX_* variables that are no setting of this command but look like one (a typo
+        would else be ignored in silence). Only names close to a setting's count: edgeplex has
+        other variables (EDGEPLEX_CACHE, EDGEPLEX_ZOO)."""
+        if cls is LogSettings:  # every command reads these; `serve` checks the whole environment
+            return []
+        known = sorted(cls.model_fields)
+        rows = []
+        for var in sorted(os.environ):
+            setting = var.upper().removeprefix(ENV_PREFIX).lower()
+            if var.upper().startswith(ENV_PREFIX) and setting not in known:
+                close = difflib.get_close_matches(setting, known, n=1, cutoff=0.8)
+                if close:
+                    rows.append(f"environment variable {var} is not a setting (did you mean {env_name(close[0])}?)")
+        return rows
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

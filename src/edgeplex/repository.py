@@ -18,7 +18,9 @@ from typing import Any
 
 import onnx
 
-from .config import ModelConfig, read_config_file, validate_config
+from .config import ModelConfig, config_message, read_config_file, validate_config
+from .config_errors import Problem
+from .config_files import ConfigFields
 from .errors import ConfigError, ModelNotFound
 from .tensors import ONNX_TO_V2
 
@@ -91,13 +93,16 @@ class Repository:
             origin = source.config_file
         fields.setdefault("name", source.name)
         if fields["name"] != source.name:
-            raise ConfigError(f"{origin}: field 'name': '{fields['name']}' differs from its folder '{source.name}'")
+            raise ConfigError(config_message(fields, origin, [Problem(
+                ("name",), f"is '{fields['name']}' but the model's folder is '{source.name}' (they must be the same)"
+            )]))
         config = validate_config(fields, origin)
         if not source.versions:
             raise ConfigError(f"{source.path}: no version folder (expected {source.path}/1/{config.default_model_filename})")
         model_file = source.versions[source.latest_version] / config.default_model_filename
         if not model_file.is_file():
-            raise ConfigError(f"{origin}: model file {model_file} is missing")
+            where = fields.where(("default_model_filename",)) if isinstance(fields, ConfigFields) else origin
+            raise ConfigError(f"{where}: model file {model_file} is missing")
         return autocomplete(config, fields, model_file, origin)
 
 
@@ -126,7 +131,7 @@ def onnx_signature(model_file: Path) -> tuple[list[tuple[str, str, list[int]]], 
     return describe(model.graph.input), describe(model.graph.output)
 
 
-def _batching(config: ModelConfig, given: dict[str, Any], max_batch: int, origin: Path | str) -> Any:
+def _batching(config: ModelConfig, given: dict[str, Any], max_batch: int, found: list[Problem]) -> Any:
     """Like Triton's auto-complete: a model that batches gets the dynamic batcher unless its config
     says `dynamic_batching: null`; one that does not batch cannot have it."""
     if "dynamic_batching" not in given:
@@ -134,65 +139,88 @@ def _batching(config: ModelConfig, given: dict[str, Any], max_batch: int, origin
     if config.dynamic_batching is None:
         return None
     if max_batch == 0:
-        raise ConfigError(f"{origin}: field 'dynamic_batching': needs max_batch_size > 0 (the model does not batch)")
+        found.append(Problem(("dynamic_batching",), "needs max_batch_size > 0 (the model does not batch)"))
+        return None
     too_big = [size for size in config.dynamic_batching.preferred_batch_size if size > max_batch]
     if too_big:
-        raise ConfigError(
-            f"{origin}: field 'dynamic_batching.preferred_batch_size': {too_big} exceed max_batch_size {max_batch}"
-        )
+        found.append(Problem(
+            ("dynamic_batching", "preferred_batch_size"), f"must not exceed max_batch_size {max_batch}, got {too_big}"
+        ))
     return config.dynamic_batching.model_dump()
 
 
+def _plural(count: int, word: str) -> str:
+    return word if count == 1 else word + "s"
+
+
+def _check_tensors(
+    kind: str, stated: list[Any], actual: dict[str, tuple[str, list[int]]], found: list[Problem]
+) -> None:
+    """Each tensor the config states must be the model's, with its datatype and a compatible shape."""
+    noun = kind[:-1]
+    for index, spec in enumerate(stated):
+        if spec.name not in actual:
+            found.append(Problem(
+                (kind, index, "name"),
+                f"is '{spec.name}', which is not one of the model's {kind} (it has: {', '.join(actual)})",
+            ))
+            continue
+        dtype, dims = actual[spec.name]
+        if spec.datatype != dtype:
+            found.append(Problem((kind, index, "datatype"), f"is {spec.datatype} but the model's {noun} "
+                                 f"'{spec.name}' is {dtype}"))
+        if len(spec.dims) != len(dims):
+            found.append(Problem(
+                (kind, index, "dims"),
+                f"is {spec.dims}, {len(spec.dims)} {_plural(len(spec.dims), 'dimension')}, but the model's "
+                f"{noun} '{spec.name}' has {len(dims)}: {dims} (the batch dimension is left out when "
+                "max_batch_size > 0)",
+            ))
+        elif any(c != m and c > 0 and m > 0 for c, m in zip(spec.dims, dims)):
+            found.append(Problem(
+                (kind, index, "dims"), f"is {spec.dims}, which conflicts with the model's {noun} '{spec.name}' {dims}"
+            ))
+    listed = {spec.name for spec in stated}
+    unlisted = [n for n in actual if n not in listed] if kind == "inputs" and stated else []
+    if unlisted:  # like Triton: a model whose config omits an input could never be called
+        names = ", ".join(repr(n) for n in unlisted)
+        verb = "is" if len(unlisted) == 1 else "are"
+        found.append(Problem(
+            (kind,), f"needs every input of the model: {_plural(len(unlisted), 'input')} {names} {verb} not listed "
+            "(list them all, or none to take them from the model)",
+        ))
+
+
 def autocomplete(config: ModelConfig, given: dict[str, Any], model_file: Path, origin: Path | str) -> ModelConfig:
-    """Fill what the config leaves out from the ONNX signature; check what it states."""
+    """Fill what the config leaves out from the ONNX signature; check what it states (every
+    problem found, one per line, each at the line of its field when the config came from a file)."""
     inputs, outputs = onnx_signature(model_file)
     batchable = all(dims and dims[0] == -1 for _, _, dims in inputs + outputs)
     max_batch = config.max_batch_size
+    found: list[Problem] = []
     if "max_batch_size" not in given:
         max_batch = AUTOCOMPLETE_MAX_BATCH if batchable else 0
     elif max_batch > 0 and not batchable:
-        raise ConfigError(
-            f"{origin}: field 'max_batch_size': {max_batch} but the model's tensors have no variable "
-            "first (batch) dimension; use 0"
-        )
+        found.append(Problem(
+            ("max_batch_size",), f"is {max_batch} but the model's tensors have no variable first (batch) "
+            "dimension; use 0",
+        ))
     skip = 1 if max_batch > 0 else 0
 
     def complete(kind: str, stated: list[Any], actual: list[tuple[str, str, list[int]]]) -> list[dict[str, Any]]:
         by_name = {name: (dtype, dims[skip:]) for name, dtype, dims in actual}
         if not stated:
             return [{"name": n, "datatype": t, "dims": d} for n, (t, d) in by_name.items()]
-        for index, spec in enumerate(stated):
-            if spec.name not in by_name:
-                raise ConfigError(
-                    f"{origin}: field '{kind}.{index}.name': '{spec.name}' is not a {kind[:-1]} of the model "
-                    f"(it has: {', '.join(by_name)})"
-                )
-            dtype, dims = by_name[spec.name]
-            if spec.datatype != dtype:
-                raise ConfigError(f"{origin}: field '{kind}.{index}.datatype': {spec.datatype} but the model has {dtype}")
-            if len(spec.dims) != len(dims):
-                raise ConfigError(
-                    f"{origin}: field '{kind}.{index}.dims': {spec.dims} has rank {len(spec.dims)}, "
-                    f"the model's '{spec.name}' has {dims} (batch dimension excluded when max_batch_size > 0)"
-                )
-            if any(c != m and c > 0 and m > 0 for c, m in zip(spec.dims, dims)):
-                raise ConfigError(
-                    f"{origin}: field '{kind}.{index}.dims': {spec.dims} conflicts with the model's '{spec.name}' {dims}"
-                )
-        listed = {spec.name for spec in stated}
-        unlisted = [n for n in by_name if n not in listed] if kind == "inputs" else []
-        if unlisted:  # like Triton: a model whose config omits an input could never be called
-            raise ConfigError(
-                f"{origin}: field 'inputs': the model's input(s) {', '.join(repr(n) for n in unlisted)} are not "
-                "listed (list every input, or none to take them from the model)"
-            )
+        _check_tensors(kind, stated, by_name, found)
         return [spec.model_dump() for spec in stated]
 
     fields = config.model_dump()
     fields["max_batch_size"] = max_batch
-    fields["dynamic_batching"] = _batching(config, given, max_batch, origin)
+    fields["dynamic_batching"] = _batching(config, given, max_batch, found)
     fields["inputs"] = complete("inputs", config.inputs, inputs)
     fields["outputs"] = complete("outputs", config.outputs, outputs)
+    if found:
+        raise ConfigError(config_message(given, origin, found))
     return validate_config(fields, origin)
 
 
