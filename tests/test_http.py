@@ -181,6 +181,24 @@ def test_health(client: httpclient.InferenceServerClient, http: httpx.Client) ->
     assert http.get("/v2/health/ready").status_code == 200
 
 
+def test_strict_readiness_waits_for_every_model_asked_to_load(
+    server: tuple[str, Mount], engine: Engine, http: httpx.Client, client: httpclient.InferenceServerClient,
+) -> None:
+    """`build_app(strict_readiness=True)`: 503 naming the broken model and why, until it is no
+    longer asked for (unloaded); without it (the fixture's app), 200 despite it."""
+    assert http.get("/v2/health/ready").json() == {"ready": True}
+    _, mount = server
+    mount.app = build_app(engine, strict_readiness=True, repository_api=True)
+    response = http.get("/v2/health/ready")
+    assert response.status_code == 503 and response.headers["content-type"] == "application/json"
+    assert response.json()["ready"] is False
+    assert "not a readable ONNX model" in response.json()["models"]["broken"]
+    assert not client.is_server_ready() and client.is_server_live()
+    client.unload_model("broken")
+    assert (http.get("/v2/health/ready").status_code, http.get("/v2/health/ready").json()) == (200, {"ready": True})
+    assert client.is_server_ready()
+
+
 def test_server_metadata(client: httpclient.InferenceServerClient) -> None:
     meta = client.get_server_metadata()
     assert meta["name"] == "edgeplex" and meta["version"]
