@@ -11,27 +11,29 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import replace
 
 from ..backends import ExecutionConfig, available_backends
 from ..config import ModelConfig
-from ..engine import Binding, Engine, ModelPlacement, ModelView, Monitor, Placement
+from ..engine import Binding, ConfigLoad, Engine, ModelPlacement, ModelView, Monitor, Placement
 from ..errors import MemoryFull
 from ..repository import file_hash
 from .explain import Context, explain_default, explain_planned, explain_unplaced, short
 from .explore import EVERY_S, Trial, pick_trial, start_trial, trial_over
-from .learning import MIN_ROWS, Learned, learn
+from .learning import MIN_ROWS, Learned, learn, observed_candidates
 from .policies import (
     Candidate,
     PlanResult,
     balance_placement,
     candidates_for_models,
+    resolve_tokens,
     should_switch,
     static_placement,
 )
 from .profile import Profile
-from .profiler import current_backend_versions, profile_model
+from .profiler import Step, current_backend_versions, profile_model
 from .store import ProfileStore
 from .timeshare import plan_shared, shared_lam
 
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 POLICIES = ("config", "static", "balance", "pareto")
 BACKGROUND_PRIORITY = 16  # profiling waits behind every request for cores
+FIRST_PASS_PRIORITY = 1  # ... except a start's first few figures, which compete with requests
 REPROFILE_S = 60.0  # how often refuted or disturbed profiles are measured again in the background
 MAX_ATTEMPTS = 9  # a figure still disturbed after this many attempts is left as it is (a box never quiet)
 NO_CANDIDATE = "no profiled config of it meets its slo_ms, fidelity bound and the fields its config sets"
@@ -104,7 +107,11 @@ class Allocator:
 
     def _run(self) -> None:
         if self.profile_missing:
-            self.profile_unprofiled()
+            # On a thread of its own from the start: until profiles exist, plans size each model's
+            # instances from what its running config is observed to take.
+            self._profiler = threading.Thread(target=self._reprofile, args=(True,), name="edgeplex-profiler",
+                                              daemon=True)
+            self._profiler.start()
         self.step(force=True)
         last_profiled = self.engine.clock.monotonic()
         while not self._stop.wait(self.interval_s):
@@ -121,9 +128,9 @@ class Allocator:
             except Exception:  # the control path must never die: log and try next round
                 log.exception("allocator step failed")
 
-    def _reprofile(self) -> None:
+    def _reprofile(self, first_pass: bool = False) -> None:
         try:
-            self.profile_unprofiled()
+            self.profile_unprofiled(first_pass)
         except Exception:  # a background measurement must never take the allocator down
             log.exception("background re-profiling failed")
 
@@ -143,18 +150,22 @@ class Allocator:
             self._trial = None
         profiles = self.profiles(configs)
         allowed = self.candidates(configs, profiles, bindings)
+        views = {view.name: view for view in self.engine.models()}
+        observed = self.monitor.config_loads()
+        for name, view in views.items():  # configs running without a profile: what they were seen to take
+            if name in configs and view.placement is not None:
+                allowed[name] = allowed.get(name, []) + self._observed_only(view, allowed.get(name, []), observed)
         profiled = {m: c for m, c in allowed.items() if c}
         if not profiled:
             self._explain_unplaced(configs, bindings, profiles, dict.fromkeys(configs, NO_CANDIDATE), None)
             return None
         # What each config delivers with the other tenants: observed where it ran, else its
         # profile corrected by what observation shows of the model (or the mix) on its processor.
-        learned = learn(profiled, self.monitor.config_loads())
+        learned = learn(profiled, observed)
         self.last_learned = learned
         candidates = learned.candidates
         self._doubt(learned.contradicted)
         demand = {m: loads[m].arrival_rate if m in loads else 0.0 for m in candidates}
-        views = {view.name: view for view in self.engine.models()}
         current: Placement = {}
         for name in candidates:
             placement = views[name].placement if name in views else None
@@ -270,49 +281,78 @@ class Allocator:
                    if name not in bindings or bindings[name].allows(p.config)]
         return candidates_for_models(allowed, configs, self.engine.cores, self.engine.capacities())
 
-    def profile_unprofiled(self) -> None:
-        """Briefly profile, in the background, what the store lacks or does not trust: every model
-        (or variant of it within the model's `max_fidelity_loss`: no other can be chosen) it knows
-        nothing of, figures measured disturbed on every attempt (low confidence), and figures
-        observation refuted (discarded first). It holds the measured config's cores at the lowest
-        priority, so serving is never oversubscribed."""
+    def profile_unprofiled(self, first_pass: bool = False) -> None:
+        """Briefly profile, in the background, what the store lacks or does not trust: every config
+        a model may be placed under (within its `max_fidelity_loss` and the fields its config
+        binds) that has no figure, figures measured disturbed on every attempt (low confidence),
+        and figures observation refuted (discarded first). It holds the measured config's cores at
+        the lowest priority, so serving is never oversubscribed and waits for no measurement.
+
+        `first_pass` (a start with nothing stored): first, at the requests' own priority, the
+        single-thread, batch-1 original of every backend — the few figures that decide most
+        placements, in seconds even under load — then the rest at the lowest priority, measured
+        while the box has cores to spare."""
+        assert self.store is not None
+        if first_pass:
+            self._profile_pass(lambda c, b: c.threads == 1 and b == 1 and c.variant == "fp32", FIRST_PASS_PRIORITY)
+        self._profile_pass(None, BACKGROUND_PRIORITY)
+
+    def _profile_pass(self, select: Callable[[ExecutionConfig, int], bool] | None, priority: int) -> None:
         assert self.store is not None
         configs = self._configs()
+        bindings = self._bindings()
         versions = current_backend_versions()
 
         def guard(config: ExecutionConfig) -> AbstractContextManager[object]:
-            return self.engine.compute_slot(config, BACKGROUND_PRIORITY)
+            return self.engine.compute_slot(config, priority)
 
         refuted = {(m, replace(c, max_batch=0)) for m, c in self._refuted}  # every batch cap of it
         self._refuted = set()
         for name, config in configs.items():
-            known = {v: (digest, loss) for v, (digest, loss) in self._variants(name).items()
-                     if loss <= config.max_fidelity_loss}
-            doubtful = [c for m, c in refuted if m == name]
-            for digest, _ in known.values():
+            if self._stop.is_set():
+                return
+            known = {v for v, (_, loss) in self._variants(name).items() if loss <= config.max_fidelity_loss}
+            for digest, _ in (self._variants(name)[v] for v in known):
                 for stored in self.store.for_model(digest, backend_versions=versions):
                     if (name, replace(stored.config, max_batch=0)) in refuted:
                         self.store.discard(stored)
-            missing = [v for v, (digest, _) in known.items()
-                       if not self.store.for_model(digest, backend_versions=versions)
-                       or any(p.extra.get("attempts", 0) < MAX_ATTEMPTS
-                              for p in self.store.low_confidence(digest, backend_versions=versions))]
-            if not (missing or doubtful) or self._stop.is_set():
-                continue
-            log.info("profiling %s (%s) in the background (missing, refuted or measured disturbed)", name,
-                     ", ".join(missing) or "refuted figures")
+            binding = bindings.get(name)
+
+            def wanted(c: ExecutionConfig, b: int, binding: Binding | None = binding) -> bool:
+                return (binding is None or binding.allows(c)) and (select is None or select(c, b))
+
             files = {v: f for v, f in self.engine.model_files(name).items() if v in known}
+            measured = [0]
+
+            def count(step: Step, measured: list[int] = measured) -> None:
+                if step.outcome not in ("stored", "failed before"):
+                    measured[0] += 1
+
             profile_model(
                 name, files["fp32"][0], config, self.store, self.engine.cores, iterations=20, warmup=2,
                 max_seconds=self.profile_seconds, guard=guard, variants=files,  # what is stored is skipped
-                remeasure_low_confidence=True,
+                remeasure_low_confidence=True, select=wanted, progress=count,
             )
+            if measured[0]:
+                log.info("profiled %s in the background: %d figure(s) missing, refuted or measured disturbed",
+                         name, measured[0])
 
     # -- helpers -------------------------------------------------------------------------------
     def _configs(self) -> dict[str, ModelConfig]:
         """The models to place: those serving, and those evicted for memory (a placement with
         smaller variants may fit them all back in)."""
         return {s.name: s.config for s in self.engine.models() if s.servable and s.config is not None}
+
+    def _observed_only(self, view: ModelView, known: list[Candidate],
+                       observed: Mapping[tuple[str, ExecutionConfig], ConfigLoad]) -> list[Candidate]:
+        """Candidates for the configs a model runs that no profile covers, from observation."""
+        assert view.placement is not None
+        instances = sum(g.count for g in view.placement.groups) or 1
+        capacities = self.engine.capacities()
+        running = [(g.config, resolve_tokens(g.config, self.engine.cores, capacities),
+                    g.memory_bytes or view.memory_bytes // instances)
+                   for g in view.placement.groups if view.binding.allows(g.config)]
+        return observed_candidates(view.name, running, known, observed)
 
     def _bindings(self) -> dict[str, Binding]:
         """What each model's config file binds (the allocator chooses only the rest)."""

@@ -86,6 +86,25 @@ def learn(candidates: Mapping[str, list[Candidate]], observed: Mapping[tuple[str
     return Learned(learned, beliefs, contradicted, factors)
 
 
+def observed_candidates(model: str, running: list[tuple[ExecutionConfig, int, int]], known: list[Candidate],
+                        observed: Mapping[tuple[str, ExecutionConfig], ConfigLoad],
+                        min_rows: int = MIN_ROWS) -> list[Candidate]:
+    """Candidates for configs a model runs that no profile covers (a cold start: the store is
+    empty), from what each was observed to take: `running` holds (config, tokens, bytes per
+    instance). The planner can then size the model's instances before any profile exists."""
+    covered = {replace(c.config, max_batch=0) for c in known}
+    out = []
+    for config, tokens, memory_bytes in running:
+        if replace(config, max_batch=0) in covered:
+            continue
+        seen = _observation(observed, model, config)
+        if seen is None or seen.rows < min_rows or seen.service_ms <= 0:
+            continue
+        out.append(Candidate(config, 1000.0 / seen.service_ms, max(tokens, 1), memory_bytes))
+        covered.add(replace(config, max_batch=0))
+    return out
+
+
 def _observation(observed: Mapping[tuple[str, ExecutionConfig], ConfigLoad], model: str,
                  config: ExecutionConfig) -> ConfigLoad | None:
     """The observation of `config`, also under another max batch (the batcher's cap is not part

@@ -325,7 +325,8 @@ def profile_model(name: str, model_file: Path, config: ModelConfig, store: Profi
                   variants: Mapping[str, tuple[Path, float]] | None = None,
                   guard: Callable[[ExecutionConfig], AbstractContextManager[object]] | None = None,
                   attempts: int = 3, remeasure_seconds: float | None = None,
-                  remeasure_low_confidence: bool = False) -> list[Profile]:
+                  remeasure_low_confidence: bool = False,
+                  select: Callable[[ExecutionConfig, int], bool] | None = None) -> list[Profile]:
     """Profiles of every candidate (config, batch) of a model, measuring only what the store lacks.
 
     The machine should be otherwise idle (solo measurement). `variants` maps a variant name to
@@ -340,13 +341,15 @@ def profile_model(name: str, model_file: Path, config: ModelConfig, store: Profi
     have gone on re-measuring it; the kept figure's `extra` records `spread`, `foreign_cpu`,
     `attempts` and `confidence` ("low" when every attempt was disturbed). With
     `remeasure_low_confidence`, stored figures of low confidence are measured again rather than
-    returned (the faster of the old and the new is kept while neither is confident).
+    returned (the faster of the old and the new is kept while neither is confident). `select`:
+    measure only the (config, batch) pairs it accepts (a server's first, short pass).
     """
     files = dict(variants) if variants else {"fp32": (Path(model_file), 0.0)}
     hashes = {variant: file_hash(path) for variant, (path, _) in files.items()}
     make_inputs = inputs_for_batch or inputs_for(name, config, hashes.get("fp32") or next(iter(hashes.values())))
     machine = machine_id()
-    plan = [(c, b) for c in candidate_configs(config, cores, backends, tuple(files)) for b in candidate_batches(config)]
+    plan = [(c, b) for c in candidate_configs(config, cores, backends, tuple(files)) for b in candidate_batches(config)
+            if select is None or select(c, b)]
     batch_inputs: dict[int, Inputs] = {}
     profiles: list[Profile] = []
     for index, (cfg, batch) in enumerate(plan):
