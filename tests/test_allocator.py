@@ -241,3 +241,25 @@ def test_a_refuted_profile_is_measured_again_in_the_background(engine: Engine, t
     (again,) = [p for p in stored.values() if p.config == t1.config and p.batch == 1]
     assert again.throughput > 10.0
     assert all(stored[key].measured_at == at for key, at in untouched.items() if key in stored)
+
+
+def test_pareto_sizes_instances_from_observation_before_any_profile(engine: Engine, tmp_path: Path) -> None:
+    # A cold start: the store is empty and nothing is profiled. What the running config (the
+    # model's own: 1 instance, 1 thread) is observed to take is enough to give it the instances
+    # the cores can run; the other model, never observed, keeps its config.
+    store = ProfileStore(tmp_path / "empty.sqlite")
+    allocator = Allocator(engine, "pareto", store, profile_missing=False, explore=False)
+    assert allocator.step(force=True) is None  # nothing known of anything yet
+    assert _groups(engine, "a") == [("onnxruntime", 1, 1)]
+    x = np.ones((1, 64), np.float32)
+    allocator.monitor.sample()
+    for _ in range(30):
+        engine.infer(InferRequest("a", {"x": x}))
+    time.sleep(0.02)
+    result = allocator.step()
+    assert result is not None and set(result.placement) == {"a"}
+    assert _groups(engine, "a") == [("onnxruntime", 1, 2)]
+    assert _groups(engine, "b") == [("onnxruntime", 1, 1)]
+    why = {e["model"]: e["explanation"] for e in engine.placement_report()}
+    assert why["a"]["source"] == "observed" and "2x onnxruntime t1" in why["a"]["summary"]
+    assert "not profiled yet" in why["b"]["summary"]
