@@ -27,6 +27,13 @@ def _load(path: Path) -> ModelConfig:
     return validate_config(read_config_file(path, path.parent.name), path)
 
 
+def _load_named(path: Path) -> ModelConfig:
+    """As the repository reads a config: the name defaults to the model's folder."""
+    fields = read_config_file(path, path.parent.name)
+    fields.setdefault("name", path.parent.name)
+    return validate_config(fields, path)
+
+
 def test_yaml_config_validates(tmp_path: Path) -> None:
     path = _yaml(
         tmp_path,
@@ -77,56 +84,103 @@ def test_unknown_field_is_refused_naming_file_and_field(tmp_path: Path) -> None:
     assert info.value.http_status == 400
 
 
-def test_unknown_field_inside_a_tensor(tmp_path: Path) -> None:
-    path = _yaml(tmp_path, {"name": "m", "inputs": [{"name": "x", "datatype": "FP32", "dims": [1], "shape": [1]}]})
-    with pytest.raises(ConfigError, match=r"field 'inputs\.0\.shape'"):
-        _load(path)
+# Realistic mistakes in a config.yaml: (the file, the line of the mistake, what the message says).
+YAML_MISTAKES = [
+    ("name: m\nmax_batch: 8\n", 2, "unknown field 'max_batch' (did you mean 'max_batch_size'?)"),
+    ("name: m\nmax_batch_size: eight\n", 2, "'max_batch_size' must be an integer greater than or equal to 0, got 'eight'"),
+    ("input:\n  - name: x\n    datatype: FP32\n    dims: [1]\n", 1, "unknown field 'input' (did you mean 'inputs'?)"),
+    ("output: []\n", 1, "unknown field 'output' (did you mean 'outputs'?)"),
+    ("inputs:\n  - name: x\n    datatype: FP32\n    dims: [1]\n    data_tipe: FP32\n", 5,
+     "unknown field 'inputs[0].data_tipe' (did you mean 'datatype'?)"),
+    ("inputs:\n  - name: x\n    datatype: FP32\n    shape: [1]\n", 2, "'inputs[0].dims' is required"),
+    ("instance_group:\n  - count: 2\n", 1,
+     "unknown field 'instance_group' (did you mean 'instance_count' and 'processor'?)"),
+    ("platform: onnxruntime_onnx\n", 1, "unknown field 'platform' (did you mean 'backend'?)"),
+    ("max_batch_size: 4\ndynamic_batching:\n  max_queue_delay_microseconds: 100\n  default_priority_level: 2\n", 4,
+     "unknown field 'dynamic_batching.default_priority_level' (did you mean 'priority', at the top level?)"),
+    ("dynamic_batching:\n  max_queue_delay_ms: 100\n", 2,
+     "unknown field 'dynamic_batching.max_queue_delay_ms' (did you mean 'max_queue_delay_microseconds'?)"),
+    ("version_policy: {latest: {num_versions: 1}}\n", 1,
+     "unknown field 'version_policy' (a Triton field edgeplex does not read: remove it)"),
+    ("outputs:\n  - name: y\n    datatype: FLOAT\n    dims: [2]\n", 3,
+     "'outputs[0].datatype' must be a KServe V2 datatype (BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, "
+     "INT64, FP16, FP32, FP64, BYTES; Triton's TYPE_ names are read too), got 'FLOAT' (did you mean 'FP32'?)"),
+    ("inputs:\n  - name: x\n    datatype: FP32\n    dims: [3, x]\n", 4, "'inputs[0].dims[1]' must be an integer, got 'x'"),
+    ("inputs:\n  - x\n", 2, "'inputs[0]' must be a mapping with the fields name, datatype, dims, got 'x'"),
+    ("inputs: x\n", 1, "'inputs' must be a list of mappings with the fields name, datatype, dims, got 'x'"),
+    ("threads: two\n", 1, "'threads' must be an integer from 0 to 256, got 'two'"),
+    ("instance_count: 0\n", 1, "'instance_count' must be greater than or equal to 1, got 0"),
+    ("slo_ms: 0\n", 1, "'slo_ms' must be greater than 0, got 0"),
+    ("pinned: maybe\n", 1, "'pinned' must be a boolean (true or false), got 'maybe'"),
+    ("timeout_action: runn\n", 1, "'timeout_action' must be 'reject' or 'run', got 'runn' (did you mean 'run'?)"),
+    ("backend: onnxruntim\n", 1, "'backend' must be 'onnxruntime' or 'openvino' (Triton's 'onnxruntime_onnx' is "
+     "read as 'onnxruntime'), got 'onnxruntim' (did you mean 'onnxruntime'?)"),
+    ("parameters:\n  max_queue_size: 16\n", 2, "'parameters.max_queue_size' must be a string (quote it: \"16\"), got 16"),
+    ("processor: CUDA 0\n", 1, "'processor' must be 'cpu' or a processor such as 'cuda:0' or 'gpu:0' "
+     "(see GET /v2/edgeplex/processors), got 'CUDA 0'"),
+    ("max_batch_size: 4\ndynamic_batching:\n  preferred_batch_size: [0, 2]\n", 3,
+     "'dynamic_batching.preferred_batch_size' must all be 1 or more, got [0, 2]"),
+]
 
 
-def test_bad_datatype_is_named(tmp_path: Path) -> None:
-    path = _yaml(tmp_path, {"name": "m", "outputs": [{"name": "y", "datatype": "FLOAT", "dims": [2]}]})
+@pytest.mark.parametrize("text, line, expected", YAML_MISTAKES, ids=[m[2][:40] for m in YAML_MISTAKES])
+def test_yaml_mistakes_are_worded_for_people(tmp_path: Path, text: str, line: int, expected: str) -> None:
+    path = tmp_path / "m" / "config.yaml"
+    path.parent.mkdir()
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        _load_named(path)
+    assert f"{path}:{line}: {expected}" in info.value.message.splitlines()
+    assert info.value.http_status == 400
+    assert " a input" not in info.value.message and "Input should" not in info.value.message
+
+
+def test_several_problems_are_all_reported_one_per_line_in_file_order(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "name: m\n"
+        "instance_count: 0\n"
+        "max_batch: 4\n"
+        "inputs:\n"
+        "  - name: x\n"
+        "    datatype: FP32\n"
+        "    dims: [0]\n"
+        "max_batch_size: -1\n"
+    )
     with pytest.raises(ConfigError) as info:
         _load(path)
-    assert str(path) in info.value.message
-    assert "field 'outputs.0.datatype'" in info.value.message
-    assert "unknown datatype 'FLOAT'" in info.value.message
+    assert info.value.message.splitlines() == [
+        f"{path}:2: 'instance_count' must be greater than or equal to 1, got 0",
+        f"{path}:3: unknown field 'max_batch' (did you mean 'max_batch_size'?)",
+        f"{path}:7: 'inputs[0].dims' must be positive or -1 (any size), got [0]",
+        f"{path}:8: 'max_batch_size' must be greater than or equal to 0, got -1",
+    ]
 
 
-@pytest.mark.parametrize("dims", [[0], [3, -2]])
-def test_bad_dims_are_named(tmp_path: Path, dims: list[int]) -> None:
-    path = _yaml(tmp_path, {"name": "m", "inputs": [{"name": "x", "datatype": "FP32", "dims": dims}]})
-    with pytest.raises(ConfigError, match=r"field 'inputs\.0\.dims'.*must be positive or -1"):
-        _load(path)
-
-
-def test_bad_backend_is_named(tmp_path: Path) -> None:
-    path = _yaml(tmp_path, {"name": "m", "backend": "tensorflow"})
-    with pytest.raises(ConfigError, match=r"field 'backend'.*unknown backend 'tensorflow'"):
-        _load(path)
-
-
-def test_several_problems_are_all_reported(tmp_path: Path) -> None:
-    path = _yaml(tmp_path, {"name": "m", "max_batch_size": -1, "instance_count": 0})
+def test_fields_not_from_a_file_are_named_without_a_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
-        _load(path)
-    assert "field 'max_batch_size'" in info.value.message
-    assert "field 'instance_count'" in info.value.message
+        validate_config({"name": "m", "max_batch": 1, "inputs": [{"name": "x", "datatype": "FP32", "dims": [0]}]},
+                        "zoo:m")
+    assert info.value.message.splitlines() == [  # in the order of ModelConfig's fields
+        "zoo:m: 'inputs[0].dims' must be positive or -1 (any size), got [0]",
+        "zoo:m: unknown field 'max_batch' (did you mean 'max_batch_size'?)",
+    ]
 
 
 def test_invalid_yaml_and_non_mapping(tmp_path: Path) -> None:
     bad = tmp_path / "config.yaml"
-    bad.write_text("name: [unclosed\n")
-    with pytest.raises(ConfigError, match="invalid YAML"):
+    bad.write_text("name: m\ninputs: [unclosed\n")
+    with pytest.raises(ConfigError, match=rf"^{bad}:3: invalid YAML: "):
         read_config_file(bad, "m")
     bad.write_text("- a\n- b\n")
-    with pytest.raises(ConfigError, match="expected a mapping of fields, got list"):
+    with pytest.raises(ConfigError, match=r"config\.yaml:1: expected a mapping of fields \(name: value\), got a list"):
         read_config_file(bad, "m")
     with pytest.raises(ConfigError, match="cannot read"):
         read_config_file(tmp_path / "absent.yaml", "m")
 
 
 def test_bad_model_name(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="field 'name'"):
+    with pytest.raises(ConfigError, match=r"'name' may contain only letters, digits, '_', '\.' and '-', got 'a/b'"):
         validate_config({"name": "a/b"}, tmp_path / "config.yaml")
 
 
@@ -210,20 +264,55 @@ def test_pbtxt_gpu_instances_run_on_that_cuda_device(tmp_path: Path) -> None:
         validate_config({"name": "m", "processor": "CUDA 0"}, path)
 
 
-def test_pbtxt_unknown_platform_is_named(tmp_path: Path) -> None:
-    path = tmp_path / "config.pbtxt"
-    path.write_text('name: "m"\nplatform: "tensorflow_savedmodel"\n')
-    with pytest.raises(ConfigError, match=r"config\.pbtxt: field 'backend'.*tensorflow_savedmodel"):
-        _load(path)
+PBTXT_MISTAKES = [
+    ('name: "m"\nmax_batch_sise: 4\n', 2, "unknown field 'max_batch_sise' (did you mean 'max_batch_size'?)"),
+    ('name: "m"\ninput [\n  {\n    name: "x"\n    dim: [ 1 ]\n  }\n]\n', 5,
+     "unknown field 'dim' in an input (did you mean 'dims'?)"),
+    ('input [ { name: "x"\n  data_type: TYPE_FLOAT dims: [ 1 ] } ]\n', 2,
+     "unknown value TYPE_FLOAT (expected one of TYPE_BOOL, TYPE_UINT8, TYPE_UINT16, TYPE_UINT32, TYPE_UINT64, "
+     "TYPE_INT8, TYPE_INT16, TYPE_INT32, TYPE_INT64, TYPE_FP16, TYPE_FP32, TYPE_FP64, TYPE_STRING, TYPE_BF16) "
+     "(did you mean 'TYPE_FP32'?)"),
+    ('name: "m"\nmax_batch_size: "eight"\n', 2, 'expected an integer, got "eight"'),
+    ('name: "m"\nplatform: "tensorflow_savedmodel"\n', 2, "'platform' must be 'onnxruntime' or 'openvino' "
+     "(Triton's 'onnxruntime_onnx' is read as 'onnxruntime'), got 'tensorflow_savedmodel'"),
+    # Fields valid for Triton's schema but not for edgeplex: named as the pbtxt spells them.
+    ('input [\n  { name: "a" data_type: TYPE_FP32 dims: [ 3 ] },\n  { name: "b" data_type: TYPE_FP32 dims: [ 0 ] }\n]\n',
+     3, "'input[1].dims' must be positive or -1 (any size), got [0]"),
+    ('name: "m"\nmax_batch_size: 8\ndynamic_batching {\n  default_priority_level: 20\n}\n', 4,
+     "'dynamic_batching.default_priority_level' must be less than or equal to 16, got 20"),
+    ('name: "m"\ninstance_group [\n  { count: 40 },\n  { count: 40 }\n]\n', 2,
+     "'instance_group' must be less than or equal to 64, got 80"),
+]
 
 
-def test_pbtxt_syntax_error_names_the_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("text, line, expected", PBTXT_MISTAKES, ids=[m[2][:40] for m in PBTXT_MISTAKES])
+def test_pbtxt_mistakes_are_worded_for_people(tmp_path: Path, text: str, line: int, expected: str) -> None:
+    path = tmp_path / "m" / "config.pbtxt"
+    path.parent.mkdir()
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        _load_named(path)
+    assert info.value.message == f"{path}:{line}: {expected}"
+
+
+def test_pbtxt_syntax_error_names_the_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "config.pbtxt"
-    path.write_text('name: "m"\nmax_batch_sise: 4\n')
+    path.write_text('name: "m"\ninput [ { name: "x"\n')
     with pytest.raises(ConfigError) as info:
         read_config_file(path, "m")
-    assert str(path) in info.value.message
-    assert "max_batch_sise" in info.value.message
+    assert info.value.message == f'{path}:2: invalid config.pbtxt: Expected "}}"'
+
+
+def test_pbtxt_lines_follow_comments_and_repeated_blocks(tmp_path: Path) -> None:
+    """`input { } input { }` and `input [ { }, { } ]` number the same way; comments take lines."""
+    path = tmp_path / "config.pbtxt"
+    path.write_text(
+        '# a comment\nname: "m"\ninput { name: "a" data_type: TYPE_FP32 dims: [ 1 ] }\n'
+        '# another\ninput {\n  name: "b"\n  data_type: TYPE_FP32\n  dims: [ -2 ]\n}\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        _load(path)
+    assert info.value.message == f"{path}:8: 'input[1].dims' must be positive or -1 (any size), got [-2]"
 
 
 def test_server_config_defaults() -> None:

@@ -98,68 +98,71 @@ def test_stated_tensors_are_checked_and_kept(tmp_path: Path) -> None:
     assert _specs(config.outputs) == [("z", "FP32", [-1])]
 
 
-def test_config_naming_an_input_the_model_lacks(tmp_path: Path) -> None:
-    add_model(tmp_path / "add" / "1" / "model.onnx")
-    write_config(tmp_path / "add", inputs=[{"name": "image", "datatype": "FP32", "dims": [4]}])
+# Configs that validate but do not fit their model: (model, config.yaml, each line of the message
+# as `line: text`). Every problem is listed, at the line of its field.
+MISFITS = [
+    ("add", "inputs:\n  - name: image\n    datatype: FP32\n    dims: [4]\n",
+     ["2: 'inputs[0].name' is 'image', which is not one of the model's inputs (it has: x)"]),
+    ("add", "outputs:\n  - {name: y, datatype: FP32, dims: [4]}\n  - {name: w, datatype: FP32, dims: [4]}\n",
+     ["3: 'outputs[1].name' is 'w', which is not one of the model's outputs (it has: y, z)"]),
+    ("add", "max_batch_size: 4\ninputs:\n  - name: x\n    datatype: FP32\n    dims: [-1, 4]\n",
+     ["5: 'inputs[0].dims' is [-1, 4], 2 dimensions, but the model's input 'x' has 1: [4] (the batch dimension "
+      "is left out when max_batch_size > 0)"]),
+    ("add", "max_batch_size: 4\ninputs:\n  - name: x\n    datatype: FP32\n    dims: [5]\n",
+     ["5: 'inputs[0].dims' is [5], which conflicts with the model's input 'x' [4]"]),
+    ("sub", "inputs:\n  - {name: a, datatype: FP32, dims: [3]}\n  - {name: b, datatype: INT32, dims: [3]}\n",
+     ["2: 'inputs[0].datatype' is FP32 but the model's input 'a' is INT32"]),
+    ("sub", "max_batch_size: 2\ninputs:\n  - {name: a, datatype: INT32, dims: [3]}\n",
+     ["2: 'inputs' needs every input of the model: input 'b' is not listed (list them all, or none to take "
+      "them from the model)"]),
+    ("fixed", "name: fixed\nmax_batch_size: 4\n",
+     ["2: 'max_batch_size' is 4 but the model's tensors have no variable first (batch) dimension; use 0"]),
+    ("fixed", "dynamic_batching: {}\n", ["1: 'dynamic_batching' needs max_batch_size > 0 (the model does not batch)"]),
+    ("add", "max_batch_size: 2\ndynamic_batching:\n  preferred_batch_size: [2, 4]\n",
+     ["3: 'dynamic_batching.preferred_batch_size' must not exceed max_batch_size 2, got [4]"]),
+    ("add", "name: plus\n", ["1: 'name' is 'plus' but the model's folder is 'add' (they must be the same)"]),
+    # Several at once, each at its own line.
+    ("sub", "inputs:\n  - {name: a, datatype: FP32, dims: [3, 3]}\n  - {name: c, datatype: INT32, dims: [3]}\n"
+     "outputs:\n  - {name: out, datatype: INT64, dims: [3]}\n",
+     ["2: 'inputs[0].datatype' is FP32 but the model's input 'a' is INT32",
+      "2: 'inputs[0].dims' is [3, 3], 2 dimensions, but the model's input 'a' has 1: [3] (the batch dimension "
+      "is left out when max_batch_size > 0)",
+      "3: 'inputs[1].name' is 'c', which is not one of the model's inputs (it has: a, b)",
+      "5: 'outputs[0].datatype' is INT64 but the model's output 'out' is INT32"]),
+]
+_BUILD = {"add": add_model, "sub": int_model, "fixed": fixed_model}
+
+
+@pytest.mark.parametrize("model, text, expected", MISFITS, ids=[m[2][0][:40] for m in MISFITS])
+def test_a_config_that_does_not_fit_its_model(tmp_path: Path, model: str, text: str, expected: list[str]) -> None:
+    _BUILD[model](tmp_path / model / "1" / "model.onnx")
+    path = tmp_path / model / "config.yaml"
+    path.write_text(text)
     with pytest.raises(ConfigError) as info:
-        _config(tmp_path, "add")
-    message = info.value.message
-    assert str(tmp_path / "add" / "config.yaml") in message
-    assert "field 'inputs.0.name'" in message
-    assert "'image'" in message and "it has: x" in message
+        _config(tmp_path, model)
+    lines = info.value.message.splitlines()
+    assert sorted(lines) == sorted(f"{path}:{row}" for row in expected)
+    assert " a input" not in info.value.message and " a output" not in info.value.message
 
 
-def test_config_naming_an_output_the_model_lacks(tmp_path: Path) -> None:
-    add_model(tmp_path / "add" / "1" / "model.onnx")
-    write_config(tmp_path / "add", outputs=[{"name": "y", "datatype": "FP32", "dims": [4]},
-                                            {"name": "w", "datatype": "FP32", "dims": [4]}])
-    with pytest.raises(ConfigError, match=r"field 'outputs\.1\.name': 'w'"):
-        _config(tmp_path, "add")
-
-
-def test_config_with_wrong_rank(tmp_path: Path) -> None:
-    add_model(tmp_path / "add" / "1" / "model.onnx")
-    # With max_batch_size > 0 the dims exclude the batch: [-1, 4] has one dimension too many.
-    write_config(tmp_path / "add", max_batch_size=4, inputs=[{"name": "x", "datatype": "FP32", "dims": [-1, 4]}])
-    with pytest.raises(ConfigError, match=r"field 'inputs\.0\.dims': \[-1, 4\] has rank 2"):
-        _config(tmp_path, "add")
-
-
-def test_config_with_conflicting_fixed_dim(tmp_path: Path) -> None:
-    add_model(tmp_path / "add" / "1" / "model.onnx")
-    write_config(tmp_path / "add", max_batch_size=4, inputs=[{"name": "x", "datatype": "FP32", "dims": [5]}])
-    with pytest.raises(ConfigError, match=r"field 'inputs\.0\.dims': \[5\].*\[4\]"):
-        _config(tmp_path, "add")
-
-
-def test_config_with_wrong_datatype(tmp_path: Path) -> None:
+def test_a_pbtxt_that_does_not_fit_its_model_is_named_as_triton_spells_it(tmp_path: Path) -> None:
     int_model(tmp_path / "sub" / "1" / "model.onnx")
-    write_config(tmp_path / "sub", inputs=[{"name": "a", "datatype": "FP32", "dims": [3]},
-                                           {"name": "b", "datatype": "INT32", "dims": [3]}])
-    with pytest.raises(ConfigError, match=r"field 'inputs\.0\.datatype': FP32 but the model has INT32"):
+    path = tmp_path / "sub" / "config.pbtxt"
+    path.write_text(
+        'name: "sub"\nmax_batch_size: 8\ninput [\n  { name: "a" data_type: TYPE_INT32 dims: [ 3 ] },\n'
+        '  {\n    name: "b"\n    data_type: TYPE_FP32\n    dims: [ 3 ]\n  }\n]\n'
+    )
+    with pytest.raises(ConfigError) as info:
         _config(tmp_path, "sub")
+    assert info.value.message == f"{path}:7: 'input[1].data_type' is FP32 but the model's input 'b' is INT32"
 
 
-def test_config_listing_only_some_inputs_is_refused(tmp_path: Path) -> None:
-    # Like Triton: a model whose config omits one of its inputs could never be called.
-    int_model(tmp_path / "sub" / "1" / "model.onnx")
-    write_config(tmp_path / "sub", max_batch_size=2, inputs=[{"name": "a", "datatype": "INT32", "dims": [3]}])
-    with pytest.raises(ConfigError, match=r"field 'inputs'.*'b'"):
-        _config(tmp_path, "sub")
-
-
-def test_batching_a_model_that_cannot_batch(tmp_path: Path) -> None:
-    fixed_model(tmp_path / "fixed" / "1" / "model.onnx")
-    write_config(tmp_path / "fixed", max_batch_size=4)
-    with pytest.raises(ConfigError, match=r"field 'max_batch_size': 4 but .* no variable\s+first"):
-        _config(tmp_path, "fixed")
-
-
-def test_name_differs_from_folder(tmp_path: Path) -> None:
-    add_model(tmp_path / "add" / "1" / "model.onnx")
-    write_config(tmp_path / "add", name="plus")
-    with pytest.raises(ConfigError, match=r"config\.yaml: field 'name': 'plus' differs from its folder 'add'"):
-        _config(tmp_path, "add")
+def test_a_missing_model_file_points_at_default_model_filename(tmp_path: Path) -> None:
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    (tmp_path / "m" / "config.yaml").write_text("max_batch_size: 0\ndefault_model_filename: net.onnx\n")
+    with pytest.raises(ConfigError) as info:
+        _config(tmp_path, "m")
+    assert info.value.message == f"{tmp_path / 'm' / 'config.yaml'}:2: model file {tmp_path / 'm' / '1' / 'net.onnx'} is missing"
 
 
 def test_missing_version_folder(tmp_path: Path) -> None:
