@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from edgeplex.bench.process import running_server
 from edgeplex.engine import Engine, InferRequest
 from edgeplex.engine.stats import ModelStats, percentile_ms
 from edgeplex.server.http import build_app
-from edgeplex.tuning.fronts import ProfileFronts
+from edgeplex.tuning.fronts import ProfileFronts, star_in_use
 from edgeplex.tuning.profile import Profile
 from edgeplex.tuning.profiler import current_backend_versions
 from edgeplex.tuning.store import ProfileStore, file_hash, machine_id
@@ -55,11 +56,13 @@ MODELS = ("add", "slow")
 # (threads, batch) -> (p50 ms, rows/s, memory MB): hand-made, so the fronts are known.
 # add: (1, 1) and (1, 8) are on the front (least memory / least latency per row); the others dominated.
 # slow: (1, 1), (2, 1) and (2, 8) on the front; (1, 8) is dominated by (2, 1).
+# Rates: add earns its best at batch 8 (pareto runs it capped at b8, as stored), slow at batch 1
+# (batch 8 is not 1.1x faster), so pareto runs slow at b1, a config the store keeps only as b8.
 PROFILES = {
     "add": {(1, 1): (0.05, 15000, 2.0), (1, 8): (0.10, 60000, 3.0), (2, 1): (0.06, 12000, 2.5),
             (2, 8): (0.20, 35000, 4.0)},
-    "slow": {(1, 1): (3.0, 330, 6.0), (2, 1): (1.8, 550, 7.0), (1, 8): (20.0, 400, 9.0),
-             (2, 8): (12.0, 660, 10.0)},
+    "slow": {(1, 1): (3.0, 330, 6.0), (2, 1): (1.8, 550, 7.0), (1, 8): (20.0, 340, 9.0),
+             (2, 8): (12.0, 560, 10.0)},
 }
 FRONT = {"add": 2, "slow": 3}
 
@@ -153,8 +156,41 @@ def test_fronts_from_the_store_mark_the_config_in_use(engine: Engine, tiny_repo:
     fronts = {m["model"]: m for m in doc["models"]}
     assert doc["note"] == "" and doc["store"] == str(store.path)
     points = {(p["threads"], p["batch"]): (p["front"], p["in_use"]) for p in fronts["add"]["profiles"]}
-    assert points == {(1, 1): (True, True), (1, 8): (True, True), (2, 1): (False, False)}
-    assert fronts["add"]["in_use"] == [serving.label()] and fronts["sub"]["profiles"] == []
+    # One star for the one config in use, at the batch it runs (its cap, 8), not one per batch row.
+    assert points == {(1, 1): (True, False), (1, 8): (True, True), (2, 1): (False, False)}
+    assert fronts["add"]["in_use"] == [serving.label()] and fronts["add"]["unprofiled"] == []
+    assert [p["in_use_as"] for p in fronts["add"]["profiles"] if p["in_use"]] == [serving.label()]
+    # sub runs too but has no profile: no star, and the document says which config lacks one.
+    assert fronts["sub"]["profiles"] == [] and fronts["sub"]["unprofiled"] == fronts["sub"]["in_use"] != []
+
+
+def _profile(threads: int, max_batch: int, batch: int, at: float = 0.0, variant: str = "fp32") -> Profile:
+    config = ExecutionConfig("onnxruntime", "cpu", variant, threads, max_batch)
+    return Profile("m", "hash", config, batch, 1.0, 1.5, 100.0, 1_000_000, "1.0", "here", measured_at=at)
+
+
+def test_one_star_per_config_in_use() -> None:
+    """The store keeps configs at the model's max_batch_size and several batch sizes; pareto runs
+    them capped at the batch that earned the rate: equality missed the one and doubled the other."""
+    stored = [_profile(1, 8, 1), _profile(1, 8, 8), _profile(2, 8, 1), _profile(2, 8, 8), _profile(1, 8, 1, variant="int8")]
+    ran_at_1 = ExecutionConfig("onnxruntime", "cpu", "fp32", 1, 1)  # pareto: the rate was earned at batch 1
+    ran_at_8 = ExecutionConfig("onnxruntime", "cpu", "fp32", 2, 8)
+    chosen = star_in_use({ran_at_1, ran_at_8}, stored)
+    assert chosen == {ran_at_1: stored[0], ran_at_8: stored[3]}
+    # Not batching (cap 0): the batch-1 figure. No profile of that config at all: None (the caption says so).
+    unbatched, unknown = ExecutionConfig("onnxruntime", "cpu", "fp32", 2, 0), ExecutionConfig("openvino", "cpu", "fp32", 1, 8)
+    assert star_in_use({unbatched, unknown}, stored) == {unbatched: stored[2], unknown: None}
+    # The same figure stored under two caps (the model's max_batch_size changed), and measured twice:
+    # one star, the same cap first, else the latest measurement.
+    twice = [_profile(1, 16, 8, at=5.0), _profile(1, 8, 8, at=1.0), _profile(1, 4, 4, at=9.0), _profile(1, 32, 8, at=7.0)]
+    running = ExecutionConfig("onnxruntime", "cpu", "fp32", 1, 8)
+    assert star_in_use({running}, twice) == {running: twice[1]}
+    assert star_in_use({replace(running, max_batch=12)}, twice) == {replace(running, max_batch=12): twice[3]}
+    # Two configs in use that only one row could stand for: one star each, never one for both.
+    one_row = [_profile(1, 8, 8)]
+    both = {ExecutionConfig("onnxruntime", "cpu", "fp32", 1, 8), ExecutionConfig("onnxruntime", "cpu", "fp32", 1, 1)}
+    assert sorted(p is None for p in star_in_use(both, one_row).values()) == [False, True]
+    assert star_in_use(set(), stored) == {}
 
 
 def test_the_page_its_files_and_the_chart_library_are_served(engine: Engine) -> None:
@@ -242,7 +278,10 @@ def browser() -> Iterator[Any]:
 def test_dashboard_shows_what_the_api_reports(tmp_path: Path, browser: Any) -> None:
     repository = _repository(tmp_path / "repo")
     store = _store(tmp_path / "profiles.sqlite", repository)
+    # --no-profile-missing: the server measures nothing itself (start-up profiling would add, e.g.,
+    # OpenVINO rows to the fronts), so the fronts are exactly the hand-made ones.
     with running_server(repository, "--policy", "pareto", "--profile-store", str(store), "--replan-seconds", "1",
+                        "--no-profile-missing",
                         cores=2) as server:
         base = f"http://{server.http_url}"
         http = httpx.Client(base_url=base, timeout=10)
@@ -321,22 +360,10 @@ def test_dashboard_shows_what_the_api_reports(tmp_path: Path, browser: Any) -> N
         _eventually(placement_matches, 5, "page and API agreeing on placement and memory")
         assert "UNAVAILABLE" in cell("broken", "state")
 
-        # Each model's front from the store, with the configs in use starred.
-        fronts = {m["model"]: m for m in api("/v2/edgeplex/fronts")["models"]}
+        # Each model's front from the store, with exactly the configs in use starred: one star per
+        # config the placement API says runs (each profiled here), whatever batch cap it runs at.
         for name in MODELS:
-            assert sum(p["front"] for p in fronts[name]["profiles"]) == FRONT[name]
-            in_use = sum(p["in_use"] for p in fronts[name]["profiles"])
-            assert in_use > 0, fronts[name]
-
-            def front_drawn(name: str = name, in_use: int = in_use) -> bool:
-                traces = browser.execute_script(
-                    "const e = document.getElementById(arguments[0]);"
-                    "return e && e.data ? e.data.map(t => [t.name, t.x.length]) : null;", f"front-{name}")
-                assert traces is not None, f"no front chart for {name}"
-                assert dict(traces) == {"front": FRONT[name], "dominated": 4 - FRONT[name], "in use": in_use}, traces
-                return True
-
-            _eventually(front_drawn, 5, f"{name}'s front")
+            _eventually(lambda name=name: _stars_match_placement(browser, api, name), 15, f"{name}'s front and stars")
 
         # The decisions, newest first, with their reasons.
         newest = api("/v2/edgeplex/dashboard")["decisions"][0]
@@ -349,6 +376,76 @@ def test_dashboard_shows_what_the_api_reports(tmp_path: Path, browser: Any) -> N
         shot = tmp_path / "dashboard.png"
         assert browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 20_000
+        http.close()
+
+
+def _drawn_front(browser: Any, name: str) -> dict[str, int]:
+    """The traces of a model's front chart as drawn: name -> points (empty before it is drawn)."""
+    traces = browser.execute_script(
+        "const e = document.getElementById(arguments[0]);"
+        "return e && e.data ? e.data.map(t => [t.name, t.x.length]) : null;", f"front-{name}")
+    return dict(traces) if traces else {}
+
+
+def _configs_in_use(report: dict[str, Any], name: str) -> set[tuple[Any, ...]]:
+    model = next(m for m in report["models"] if m["model"] == name)
+    return {tuple(g[k] for k in ("backend", "processor", "variant", "threads", "max_batch")) for g in model["groups"]}
+
+
+def _stars_match_placement(browser: Any, api: Callable[[str], Any], name: str) -> bool:
+    """The chart's stars are the configs the placement runs, one each (read twice around the
+    page, so a re-placement in between is retried, not misread)."""
+    before = _configs_in_use(api("/v2/edgeplex/placement"), name)
+    fronts = {m["model"]: m for m in api("/v2/edgeplex/fronts")["models"]}
+    drawn = _drawn_front(browser, name)
+    caption = browser.execute_script(
+        "const e = document.querySelector(`.front[data-model='${arguments[0]}'] .front-caption`);"
+        "return e ? e.textContent : '';", name)
+    assert before == _configs_in_use(api("/v2/edgeplex/placement"), name), "re-placed while reading"
+    assert before, f"{name} runs nothing"
+    starred = [p for p in fronts[name]["profiles"] if p["in_use"]]
+    assert fronts[name]["unprofiled"] == [] and len(starred) == len(before), fronts[name]
+    assert {tuple(p[k] for k in ("backend", "processor", "variant", "threads")) for p in starred} == \
+        {c[:4] for c in before}
+    assert sum(p["front"] for p in fronts[name]["profiles"]) == FRONT[name]
+    assert drawn == {"front": FRONT[name], "dominated": 4 - FRONT[name], "in use": len(before)}, drawn
+    assert all(label in caption for label in fronts[name]["in_use"]) and "no profile" not in caption, caption
+    return True
+
+
+@needs_chromium
+def test_one_star_per_config_in_use_and_the_unprofiled_named(tmp_path: Path, browser: Any) -> None:
+    """Config policy on a store that holds add's config at two batch sizes (one star, not two)
+    and none of slow's config in use (no star; the caption names it)."""
+    repository = _repository(tmp_path / "repo")
+    store = ProfileStore(tmp_path / "profiles.sqlite")
+    version = current_backend_versions(["onnxruntime"])["onnxruntime"]
+    for model, threads in (("add", 1), ("add", 2), ("slow", 2)):
+        digest = file_hash(repository / model / "1" / "model.onnx")
+        for batch in (1, 8):
+            config = ExecutionConfig("onnxruntime", "cpu", "fp32", threads, 8)
+            store.put(Profile(model, digest, config, batch, 0.1 * batch * threads, 0.2 * batch, 1000.0,
+                              int((threads + batch) * 1e6), version, machine_id()))
+    with running_server(repository, "--policy", "config", "--profile-store", str(store.path), cores=2) as server:
+        base = f"http://{server.http_url}"
+        http = httpx.Client(base_url=base, timeout=10)
+        fronts = {m["model"]: m for m in http.get("/v2/edgeplex/fronts").json()["models"]}
+        running = fronts["add"]["in_use"]
+        assert len(running) == 1 and fronts["add"]["unprofiled"] == []
+        assert [(p["threads"], p["batch"]) for p in fronts["add"]["profiles"] if p["in_use"]] == [(1, 8)]
+        assert fronts["slow"]["unprofiled"] == fronts["slow"]["in_use"] != []
+        assert not any(p["in_use"] for p in fronts["slow"]["profiles"])
+        browser.get(base + "/")
+
+        def drawn() -> bool:
+            assert _drawn_front(browser, "add").get("in use") == 1, _drawn_front(browser, "add")
+            assert _drawn_front(browser, "slow").get("in use") == 0, _drawn_front(browser, "slow")
+            caption = browser.execute_script(
+                "return document.querySelector(`.front[data-model='slow'] .front-caption`).textContent")
+            assert f"no profile for {fronts['slow']['in_use'][0]}" in caption, caption
+            return True
+
+        _eventually(drawn, 10, "one star for add, none for slow and its caption")
         http.close()
 
 

@@ -315,7 +315,8 @@ function renderFronts(doc) {
   const container = $("fronts");
   $("fronts-note").textContent = doc.note
     ? doc.note
-    : `● on the front (latency per row, memory, fidelity loss) · ○ dominated · ★ in use · store ${doc.store}`;
+    : `● on the front (latency per row, memory, fidelity loss) · ○ dominated · ★ in use (one per config running, at`
+      + ` the batch it runs) · store ${doc.store}`;
   const wanted = new Set(doc.models.filter((m) => m.profiles.length).map((m) => m.model));
   for (const child of [...container.children]) {
     if (!wanted.has(child.dataset.model)) child.remove();
@@ -332,14 +333,21 @@ function renderFronts(doc) {
     }
     const front = m.profiles.filter((p) => p.front).sort((a, b) => a.memory_bytes - b.memory_bytes);
     const others = m.profiles.filter((p) => !p.front);
+    // One star per config in use: the server marks the one profile point that stands for each
+    // (its batch), and lists the configs in use that have no profile at all.
     const used = m.profiles.filter((p) => p.in_use);
-    box.querySelector(".front-caption").textContent =
-      `${front.length} on the front, ${others.length} dominated · in use: ${m.in_use.join(", ") || "none profiled"}`;
+    const unprofiled = m.unprofiled ?? [];
+    const caption = box.querySelector(".front-caption");
+    caption.dataset.inUse = String(m.in_use.length);
+    caption.dataset.unprofiled = String(unprofiled.length);
+    caption.textContent = `${front.length} on the front, ${others.length} dominated · in use: `
+      + (m.in_use.length ? m.in_use.join(", ") : "none")
+      + (unprofiled.length ? ` · no profile for ${unprofiled.join(", ")} (in use, not starred)` : "");
     if (!hasPlotly()) continue;
     const points = (ps) => ({
       x: ps.map((p) => p.memory_bytes / 1e6),
       y: ps.map((p) => p.latency_per_row_ms),
-      text: ps.map((p) => `${p.label} batch ${p.batch}<br>p50 ${p.p50_ms.toFixed(2)} ms, p99 ${p.p99_ms.toFixed(2)} ms` +
+      text: ps.map((p) => `${p.label} batch ${p.batch}${p.in_use_as ? ` (in use as ${p.in_use_as})` : ""}<br>p50 ${p.p50_ms.toFixed(2)} ms, p99 ${p.p99_ms.toFixed(2)} ms` +
         `<br>${p.throughput.toFixed(0)} rows/s, ${fmtMB(p.memory_bytes)}, loss ${p.fidelity_loss.toFixed(4)}`),
       hovertemplate: "%{text}<extra></extra>",
       type: "scatter",
