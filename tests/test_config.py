@@ -335,3 +335,85 @@ def test_parse_bytes_refuses_what_is_not_a_size(text: str) -> None:
 
     with pytest.raises(ValueError, match="size"):
         parse_bytes(text)
+
+
+# -- settings: each problem names the setting, its flag, or the variable it came from --------------
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    import os
+
+    for name in list(os.environ):
+        if name.upper().startswith("EDGEPLEX_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+SETTINGS_MISTAKES = [
+    ({"http_prot": 9000}, "invalid setting: unknown setting 'http_prot' (did you mean 'http_port'?)"),
+    ({"cores": 0}, "invalid setting: setting 'cores' = 0 (--cores): must be greater than or equal to 1"),
+    ({"models": "a"}, None),  # a comma-separated string is fine
+    ({"policy": "paretto"}, "invalid setting: setting 'policy' = 'paretto' (--policy): must be 'config', 'static', "
+                            "'balance' or 'pareto' (did you mean 'pareto'?)"),
+    ({"http_port": "eighty"}, "invalid setting: setting 'http_port' = 'eighty' (--http-port): must be an integer "
+                              "from 0 to 65535"),
+    ({"memory_budget": "lots"}, "invalid setting: setting 'memory_budget' (--memory-budget): 'lots' is not "
+                                "a size (examples: 1GiB, 512MB, 800000000)"),
+]
+
+
+@pytest.mark.parametrize("given, expected", SETTINGS_MISTAKES)
+def test_a_bad_setting_names_it_and_its_flag(clean_env: pytest.MonkeyPatch, given: dict[str, object],
+                                             expected: str | None) -> None:
+    if expected is None:
+        ServerConfig(**given)
+        return
+    with pytest.raises(ConfigError) as info:
+        ServerConfig(**given)
+    assert info.value.message == expected
+
+
+def test_a_bad_variable_names_it(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("EDGEPLEX_SCHEDULING", "lifo")
+    with pytest.raises(ConfigError) as info:
+        ServerConfig()
+    assert info.value.message == (
+        "invalid setting: environment variable EDGEPLEX_SCHEDULING='lifo' (setting 'scheduling'): "
+        "must be 'priority' or 'fifo' (did you mean 'fifo'?)"
+    )
+
+
+def test_several_bad_settings_are_listed_one_per_line(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("EDGEPLEX_GRPC_PORT", "70000")
+    with pytest.raises(ConfigError) as info:
+        ServerConfig(drain_seconds=-1, tls_cert="c.pem")
+    assert info.value.message.splitlines() == [
+        "invalid settings:",
+        "  environment variable EDGEPLEX_GRPC_PORT='70000' (setting 'grpc_port'): must be less than or equal to 65535",
+        "  setting 'drain_seconds' = -1 (--drain-seconds): must be greater than or equal to 0",
+        "  unknown setting 'tls_cert'",
+    ]
+
+
+@pytest.mark.parametrize("variable, meant", [("EDGEPLEX_HTTP_PROT", "EDGEPLEX_HTTP_PORT"),
+                                              ("EDGEPLEX_MODEL", "EDGEPLEX_MODELS"),
+                                              ("edgeplex_memory_budjet", "EDGEPLEX_MEMORY_BUDGET")])
+def test_a_mistyped_variable_is_refused_not_ignored(clean_env: pytest.MonkeyPatch, variable: str, meant: str) -> None:
+    clean_env.setenv(variable, "1")
+    with pytest.raises(ConfigError) as info:
+        ServerConfig()
+    assert info.value.message == (
+        f"invalid setting: environment variable {variable} is not a setting (did you mean {meant}?)"
+    )
+
+
+def test_variables_unlike_any_setting_are_left_alone(clean_env: pytest.MonkeyPatch) -> None:
+    """edgeplex has variables that are not serve's settings (the cache, the zoo, test switches)."""
+    from edgeplex.config import LogSettings
+
+    for name in ("EDGEPLEX_CACHE", "EDGEPLEX_ZOO", "EDGEPLEX_REQUIRE_BROWSER", "EDGEPLEX_FUZZ_EXAMPLES"):
+        clean_env.setenv(name, "1")
+    assert ServerConfig().http_port == 8000
+    clean_env.setenv("EDGEPLEX_HTTP_PROT", "1")
+    assert LogSettings().log_level == "info"  # other commands read only their logging options
