@@ -100,7 +100,7 @@ def _problem(
     if kind == "value_error":  # the validators word their own messages, value included
         return Problem(loc, str(ctx.get("error", err["msg"])).removeprefix("Value error, "))
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        return Problem(loc, "must be " + _BOUND_WORDS[kind].format(ctx[_BOUND_KEYS[kind]]), given)
+        return Problem(loc, "must be " + _BOUND_WORDS[kind].format(_number(ctx[_BOUND_KEYS[kind]])), given)
     if kind == "literal_error":
         choices = [c for c in get_args(field.annotation) if isinstance(c, str)] if field is not None else []
         hint = did_you_mean(str(value), choices) if isinstance(value, str) else ""
@@ -151,13 +151,18 @@ def _expected(kind: str, field: FieldInfo | None, annotation: Any, loc: Loc) -> 
 
 def _bounds(field: FieldInfo) -> str:
     """` from 1 to 64`, ` greater than or equal to 0`: the field's numeric bounds in words."""
-    limits = {key: getattr(meta, key) for meta in field.metadata for key in _BOUND_KEYS.values()
+    limits = {key: _number(getattr(meta, key)) for meta in field.metadata for key in _BOUND_KEYS.values()
               if getattr(meta, key, None) is not None}
     if "ge" in limits and "le" in limits:
         return f" from {limits['ge']} to {limits['le']}"
     keys = {value: key for key, value in _BOUND_KEYS.items()}
     parts = [_BOUND_WORDS[keys[key]].format(limit) for key, limit in limits.items()]
     return " " + " and ".join(parts) if parts else ""
+
+
+def _number(value: Any) -> Any:
+    """0.0 -> 0: a bound written as a person would."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _plural(item: Any) -> str:

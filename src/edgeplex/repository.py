@@ -181,7 +181,8 @@ def _check_tensors(
                 (kind, index, "dims"), f"is {spec.dims}, which conflicts with the model's {noun} '{spec.name}' {dims}"
             ))
     listed = {spec.name for spec in stated}
-    unlisted = [n for n in actual if n not in listed] if kind == "inputs" and stated else []
+    misnamed = not listed <= set(actual)  # then "it has: ..." already says what to list
+    unlisted = [n for n in actual if n not in listed] if kind == "inputs" and not misnamed else []
     if unlisted:  # like Triton: a model whose config omits an input could never be called
         names = ", ".join(repr(n) for n in unlisted)
         verb = "is" if len(unlisted) == 1 else "are"
