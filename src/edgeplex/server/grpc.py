@@ -244,7 +244,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     @_unary
     async def ModelConfig(self, request: Any, context: Any) -> Any:
         # The same dict the HTTP endpoint serves; fields the proto lacks are edgeplex's own.
-        document = triton.model_config_dict(self.engine.config(request.name, request.version))
+        document = triton.model_config_document(self.engine, request.name, request.version)
         config = json_format.ParseDict(document, model_config_pb2.ModelConfig(), ignore_unknown_fields=True)
         return service_pb2.ModelConfigResponse(config=config)
 

@@ -38,7 +38,7 @@ from .metrics import metrics_registry
 from .openapi import OPENAPI_PATH, openapi_document
 from .triton import (
     REPOSITORY_API_OFF,
-    model_config_dict,
+    model_config_document,
     model_readiness,
     repository_index,
     server_metadata,
@@ -149,7 +149,7 @@ def build_app(
         return json_response(document, 200 if document["ready"] else 503)
 
     async def model_config(request: Request) -> Response:
-        return json_response(model_config_dict(engine.config(request.path_params["model"], version_of(request))))
+        return json_response(model_config_document(engine, request.path_params["model"], version_of(request)))
 
     async def model_stats(request: Request) -> Response:
         name = request.path_params.get("model", "")

@@ -41,6 +41,12 @@ INTEGER: Schema = {"type": "integer"}
 COUNT: Schema = {"type": "integer", "minimum": 0}
 NUMBER: Schema = {"type": "number"}
 BOOLEAN: Schema = {"type": "boolean"}
+SERVER_READY: Schema = {"type": "object", "required": ["ready"], "properties": {
+    "ready": BOOLEAN, "reason": STRING,
+    "models": {"type": "object", "additionalProperties": STRING,
+               "description": "model -> why it is not ready (strict readiness)"}}}
+MODEL_READY: Schema = {"type": "object", "required": ["name", "ready"],
+                       "properties": {"name": STRING, "ready": BOOLEAN, "reason": STRING}}
 
 # -- responses ----------------------------------------------------------------------------------
 
@@ -265,10 +271,11 @@ def _model_operations(versioned: bool) -> dict[str, Schema]:
             _responses(_ok(_ref("ModelMetadata"), f"Inputs, outputs and variants of {which}"), "404", "503"))},
         prefix + "/ready": {"parameters": params, "get": _op(
             f"Model readiness{suffix}", "health",
-            {"200": _ok(None, f"{which} is ready"), "401": {"$ref": "#/components/responses/E401"},
+            {"200": _ok(MODEL_READY, f"{which} is ready: {{\"name\": ..., \"ready\": true}}"),
+             "401": {"$ref": "#/components/responses/E401"},
              "404": {"$ref": "#/components/responses/E404"},
              "405": {"$ref": "#/components/responses/E405"},
-             "503": _ok(None, f"{which} is not ready (reason: repository index)")})},
+             "503": _ok(MODEL_READY, f"{which} is not ready, with the reason")})},
         prefix + "/config": {"parameters": params, "get": _op(
             f"Triton model configuration{suffix}", "models",
             _responses(_ok(_ref("ModelConfig"), "The complete configuration (auto-completed from the model file)"),
@@ -294,11 +301,15 @@ def _paths() -> dict[str, Schema]:
         "parameters": {"type": "object", "description": "ignored (`unload_dependents`: models have no "
                                                         "dependents here)"}})}}}
     paths: dict[str, Schema] = {
-        "/v2/health/live": get("Server liveness", "health", _ok(None, "The server is up")),
+        "/v2/health/live": get("Server liveness", "health",
+                               _ok(_obj({"live": BOOLEAN}, ("live",)), 'The server is up: {"live": true}')),
         "/v2/health/ready": {"get": _op("Server readiness", "health", {
-            "200": _ok(None, "Ready (a model that failed to load makes only itself not ready)"),
+            "200": _ok(SERVER_READY, 'Ready: {"ready": true}. Under --strict-readiness (the default) only when '
+                                     "every model asked to load is ready; without it a model that failed to load "
+                                     "makes only itself not ready"),
             "401": {"$ref": "#/components/responses/E401"}, "405": {"$ref": "#/components/responses/E405"},
-            "503": _ok(None, "Shutting down")})},
+            "503": _ok(SERVER_READY, "Not ready: shutting down (`reason`), or models asked to load that are not "
+                                     "ready (`models`, each with its reason)")})},
         "/v2": get("Server metadata", "server", _ok(_ref("ServerMetadata"), "Name, version and extensions")),
         OPENAPI_PATH: get("This document", "server", _ok({"type": "object"}, "The OpenAPI description")),
         "/v2/models/stats": get("Triton statistics of every loaded model", "models",

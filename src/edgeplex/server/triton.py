@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 from .. import __version__
 from ..config import ModelConfig
-from ..engine import Engine
-from ..errors import ModelNotReady
+from ..engine import Engine, InstanceGroup
+from ..errors import ModelNotFound, ModelNotReady
 
 SERVER_NAME = "edgeplex"
 EXTENSIONS = [
@@ -69,13 +70,38 @@ def model_readiness(engine: Engine, name: str, version: str = "") -> dict[str, A
     return {"name": name, "ready": True}
 
 
-def model_config_dict(config: ModelConfig) -> dict[str, Any]:
+def model_config_document(engine: Engine, name: str, version: str = "") -> dict[str, Any]:
+    """What `/v2/models/{m}/config` and gRPC `ModelConfig` answer: the model's config as it RUNS
+    (the backend, threads, batching and one instance group per execution config of its
+    placement), with the operator's config and the fields that bind the allocator beside it
+    (`edgeplex`, JSON only; gRPC clients read the same in `parameters`)."""
+    running = engine.config(name, version)
+    try:
+        view = engine.model(name)
+    except ModelNotFound:  # never loaded: the config is what its file says
+        view = None
+    groups = view.placement.groups if view is not None and view.placement is not None else []
+    document = model_config_dict(running, groups)
+    placement = " + ".join(f"{g.count}x {g.config.backend}/{g.config.processor}/{g.config.variant}/t{g.config.threads}"
+                           + (f"/batch {g.config.max_batch}" if g.config.max_batch > 0 else "") for g in groups)
+    bound = view.binding.describe() if view is not None else []
+    document["parameters"]["edgeplex.placement"] = {"string_value": placement or "none"}
+    document["parameters"]["edgeplex.bound"] = {"string_value": ", ".join(bound)}
+    document["edgeplex"] = {"placement": placement, "bound": bound,
+                            "operator_config": model_config_dict(engine.operator_config(name, version))}
+    return document
+
+
+def model_config_dict(config: ModelConfig, groups: Sequence[InstanceGroup] = ()) -> dict[str, Any]:
     """Triton's `ModelConfig` as JSON (numbers as numbers, as Triton writes them), which
-    perf_analyzer and tritonclient read; the gRPC adapter parses the same dict into the proto."""
+    perf_analyzer and tritonclient read; the gRPC adapter parses the same dict into the proto.
+    `groups`: the placement's instance groups (default: the config's own one)."""
 
     def tensor(spec: Any) -> dict[str, Any]:
         return {"name": spec.name, "data_type": f"TYPE_{'STRING' if spec.datatype == 'BYTES' else spec.datatype}", "dims": list(spec.dims)}
 
+    instance_groups = ([_instance_group(f"{config.name}_{i}", g.config.processor, g.count) for i, g in enumerate(groups)]
+                       if groups else [_instance_group(config.name, config.processor, config.instance_count)])
     document: dict[str, Any] = {
         "name": config.name,
         "platform": f"{config.backend}_onnx",
@@ -83,7 +109,7 @@ def model_config_dict(config: ModelConfig) -> dict[str, Any]:
         "max_batch_size": config.max_batch_size,
         "input": [tensor(s) for s in config.inputs],
         "output": [tensor(s) for s in config.outputs],
-        "instance_group": [_instance_group(config)],
+        "instance_group": instance_groups,
         "default_model_filename": config.default_model_filename,
         "parameters": {
             **{key: {"string_value": value} for key, value in config.parameters.items()},
@@ -91,15 +117,20 @@ def model_config_dict(config: ModelConfig) -> dict[str, Any]:
             **({"slo_ms": {"string_value": str(config.slo_ms)}} if config.slo_ms is not None else {}),
         },
     }
+    if config.dynamic_batching is not None:
+        document["dynamic_batching"] = {
+            "preferred_batch_size": list(config.dynamic_batching.preferred_batch_size),
+            "max_queue_delay_microseconds": config.dynamic_batching.max_queue_delay_microseconds,
+        }
     return document
 
 
-def _instance_group(config: ModelConfig) -> dict[str, Any]:
-    """Triton's instance group of the model's own config: KIND_CPU, or KIND_GPU on `cuda:N`."""
-    kind, _, index = config.processor.partition(":")
+def _instance_group(name: str, processor: str, count: int) -> dict[str, Any]:
+    """Triton's instance group: KIND_CPU, or KIND_GPU on `cuda:N`."""
+    kind, _, index = processor.partition(":")
     if kind == "cuda":
-        return {"name": config.name, "count": config.instance_count, "kind": "KIND_GPU", "gpus": [int(index or 0)]}
-    return {"name": config.name, "count": config.instance_count, "kind": "KIND_CPU"}
+        return {"name": name, "count": count, "kind": "KIND_GPU", "gpus": [int(index or 0)]}
+    return {"name": name, "count": count, "kind": "KIND_CPU"}
 
 
 def repository_index(engine: Engine, ready_only: bool = False) -> list[dict[str, Any]]:
