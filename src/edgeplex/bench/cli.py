@@ -64,6 +64,9 @@ def add_bench_parser(commands: Any) -> None:
     peer.add_argument("--settle", type=float, default=0.0,
                       help="seconds of load after the warm-up, before the measured phase (pareto re-plans)")
     peer.add_argument("--cores", type=int, default=None, help="cores for the bound and edgeplex (default: all)")
+    peer.add_argument("--start", choices=["profiled", "empty", "poisoned"], default="profiled",
+                      help="pareto's profile store: the solo profiles, an empty one (a cold start), or profiles "
+                           "measured while two CPU hogs ran")
     peer.add_argument("--out", type=Path, default=DEFAULT_OUT)
     bench.set_defaults(func=run_bench)
 
@@ -93,7 +96,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
         try:
             result, text = peer(args.requests, args.warmup, args.clients, tuple(args.policies), args.rounds,
-                                args.settle, args.cores)
+                                args.settle, args.cores, start=args.start)
         except TritonUnavailable as exc:
             print(f"edgeplex bench peer: Triton is not available here: {exc}", file=sys.stderr)
             return 1
@@ -101,7 +104,10 @@ def run_bench(args: argparse.Namespace) -> int:
         result, text = scenarios.multitenancy(args.requests, args.rounds, args.cores)
     else:
         result, text = scenarios.overhead(tuple(args.models), args.concurrency, args.duration, args.instances, args.rounds)
-    path = report.write(args.out, args.scenario, result, text)
+    name = args.scenario
+    if args.scenario == "peer" and args.start != "profiled":
+        name = f"peer-{args.start}"  # a cold or poisoned start is recorded beside the profiled one
+    path = report.write(args.out, name, result, text)
     print(text)
     print(f"\nrecorded: {path}")
     return 0

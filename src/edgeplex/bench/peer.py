@@ -6,13 +6,22 @@ The mix is profiled first (solo, into a fresh store), as `bench allocation` does
 inputs and the capacity bound come from the same machine state as the runs. The servers alternate
 across rounds (the order reversed every other round), so that drift on a shared machine hits
 them alike; each figure is the median over rounds.
+
+`start` says what pareto starts from: `profiled` (that solo store), `empty` (a store of its own,
+empty at every run: a cold start, which must learn while it serves) or `poisoned` (a store
+profiled while two CPU hogs ran, the figures of a busy machine). The bound always comes from
+the solo profiles.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -37,6 +46,20 @@ from .triton_peer import PYTRITON_VERSION, TritonInstall, install, python_versio
 
 TRITON = "triton"
 POLICIES = ("static", "balance", "pareto")
+STARTS = ("profiled", "empty", "poisoned")
+HOGS = 2  # busy processes while the poisoned store is profiled
+
+
+@contextmanager
+def cpu_hogs(count: int = HOGS) -> Iterator[None]:
+    """`count` processes spinning on the CPU for the duration."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
 
 
 def _placement(placement: dict[str, Any]) -> dict[str, str]:
@@ -115,18 +138,22 @@ def _summarise(runs: list[dict[str, Any]], models: tuple[str, ...]) -> dict[str,
 
 def peer(requests: int = 200, warmup: int = 60, clients_per_model: int = 2, policies: tuple[str, ...] = POLICIES,
          rounds: int = 1, settle_s: float = 0.0, cores: int | None = None, models: tuple[str, ...] = MIX,
-         instances: int = 2, threads: int = 1) -> tuple[dict[str, Any], str]:
+         instances: int = 2, threads: int = 1, start: str = "profiled") -> tuple[dict[str, Any], str]:
     """The fixed job against Triton (hand config: `instances` python-backend instances of
     `threads` ONNX Runtime threads per model) and edgeplex under each of `policies`.
     `settle_s`: seconds of load after the warm-up before the measured phase (every server gets
-    the same job; pareto is the one that re-plans during it)."""
+    the same job; pareto is the one that re-plans during it). `start`: pareto's profile store (see
+    the module's docstring)."""
+    if start not in STARTS:
+        raise ValueError(f"start must be one of {', '.join(STARTS)}, got {start!r}")
     cores = cores or len(os.sched_getaffinity(0))
     installed = install()  # before anything is measured: the first call downloads the wheel
     scratch = Path(tempfile.mkdtemp(prefix="edgeplex-peer-"))
     store_path = scratch / "profiles.sqlite"
     repo = repository_with(models, {})
     inputs = {m: example_inputs(m) for m in models}
-    job = {"clients_per_model": clients_per_model, "warmup": warmup, "requests": requests, "settle_s": settle_s}
+    job = {"clients_per_model": clients_per_model, "warmup": warmup, "requests": requests, "settle_s": settle_s,
+           "pareto_start": start}
     runs: dict[str, list[dict[str, Any]]] = {server: [] for server in (TRITON, *policies)}
     try:
         references = _references(repo, inputs)
@@ -135,6 +162,15 @@ def peer(requests: int = 200, warmup: int = 60, clients_per_model: int = 2, poli
             config = repository.load_config(repository.source(model))
             profile_model(model, repo / model / "1" / "model.onnx", config, store, cores, iterations=30, max_seconds=2.0)
         bound = capacity_bound(store, repo, models, cores)
+        pareto_store = store_path
+        if start == "poisoned":
+            pareto_store = scratch / "poisoned.sqlite"
+            poisoned = ProfileStore(pareto_store)
+            with cpu_hogs():
+                for model in models:
+                    config = repository.load_config(repository.source(model))
+                    profile_model(model, repo / model / "1" / "model.onnx", config, poisoned, cores, iterations=30,
+                                  max_seconds=2.0)
         triton_repo = write_triton_repository(repo, scratch / "triton", models, instances, threads)
         for round_index in range(rounds):
             order = list(runs) if round_index % 2 == 0 else list(reversed(runs))
@@ -142,7 +178,10 @@ def peer(requests: int = 200, warmup: int = 60, clients_per_model: int = 2, poli
                 if server == TRITON:
                     runs[server].append(_run_triton(triton_repo, installed, inputs, references, job))
                 else:
-                    runs[server].append(_run_edgeplex(repo, server, store_path, cores, inputs, references, job))
+                    server_store = pareto_store if server == "pareto" else store_path
+                    if server == "pareto" and start == "empty":
+                        server_store = scratch / f"empty-{round_index}.sqlite"
+                    runs[server].append(_run_edgeplex(repo, server, server_store, cores, inputs, references, job))
     finally:
         shutil.rmtree(repo, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
@@ -167,6 +206,10 @@ def peer(requests: int = 200, warmup: int = 60, clients_per_model: int = 2, poli
     return result, _text(result, models)
 
 
+_START_WORDS = {"profiled": "the solo profiles", "empty": "an empty profile store (a cold start)",
+                "poisoned": f"profiles measured while {HOGS} CPU hogs ran"}
+
+
 def _text(result: dict[str, Any], models: tuple[str, ...]) -> str:
     job, summary = result["job"], result["summary"]
     rows = [{"server": TRITON if server == TRITON else f"edgeplex {server}",
@@ -183,6 +226,7 @@ def _text(result: dict[str, Any], models: tuple[str, ...]) -> str:
         f"{', '.join(models)}: {job['warmup']} warm-up then {job['requests']} measured requests per model, "
         f"{job['clients_per_model']} closed-loop tritonclient gRPC clients per model, all models at once"
         + (f", {job['settle_s']} s of settle load after the warm-up" if job["settle_s"] else "")
+        + f"; pareto starts from {_START_WORDS[job.get('pareto_start', 'profiled')]}"
         + f"; {result['cores']} cores; median of {result['rounds']} round(s), servers alternating.",
         f"Triton: {result['peer']['hand_config']}; {result['peer']['python_backend']}.",
         "",
