@@ -9,11 +9,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 
 from . import __version__, logs
 from .config import LogFormat, LogLevel, LogSettings, Policy, Scheduling, Settings, default_cores, env_name
 from .errors import EdgeplexError
+
+if TYPE_CHECKING:
+    from .tuning.allocator import Allocator
+    from .tuning.store import ProfileStore
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -26,57 +30,99 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    """Load the models, then serve until SIGINT/SIGTERM. The engine and the allocator are closed
+    on every way out (a port in use, a model failing under --exit-on-error, an exception): native
+    runtime threads still running at interpreter exit abort the process (SIGABRT)."""
     from .engine import Engine
     from .server.app import serve
     from .tuning.allocator import Allocator
     from .tuning.fronts import ProfileFronts
-    from .tuning.store import ProfileStore, default_store_path
-    from .zoo import ZOO, default_zoo_dir, pull
+    from .tuning.store import default_store_path
 
     settings = settings_from_args(args)
     # Executor threads hold their cores' tokens while they wait for the GIL to finish a batch:
     # the event loop must hand it over sooner than Python's default 5 ms.
     sys.setswitchinterval(settings.switch_interval_us / 1e6)
+    repository = _serve_repository(settings, quiet=args.quiet)
+    # Operational errors first, before any model (and its native threads) is loaded.
+    if not repository.is_dir():
+        raise EdgeplexError(f"model repository {repository} is not a directory")
+    store_path = settings.profile_store or default_store_path()
+    store = _open_store(store_path) if settings.policy == "pareto" else None
+    fronts = store  # the dashboard's fronts: the store pareto plans with, else one measured before
+    if fronts is None and store_path.is_file():
+        try:
+            fronts = _open_store(store_path)
+        except EdgeplexError as exc:
+            logging.getLogger("edgeplex").warning("the dashboard shows no fronts: %s", exc.message)
+    engine = Engine(repository, cores=settings.cores, memory_budget=settings.memory_budget,
+                    scheduling=settings.scheduling)
+    allocator: Allocator | None = None
+    try:
+        failures = engine.load_all(settings.models or None)  # each failure is logged once, by the engine
+        if failures and settings.exit_on_error:
+            # The engine logged each failure (one line each, at ERROR); this line says why we stop.
+            print(f"edgeplex: exiting (--exit-on-error): {len(failures)} model(s) failed to load: "
+                  f"{', '.join(failures)}", file=sys.stderr)
+            return 2
+        allocator = Allocator(
+            engine, settings.policy, store, interval_s=settings.replan_seconds, min_gain=settings.min_gain,
+            profile_missing=settings.profile_missing, profile_seconds=settings.profile_seconds,
+            explore=settings.explore,
+        )
+        allocator.start()
+
+        def started(http_port: int, grpc_port: int) -> None:
+            ready = [s.name for s in engine.models() if s.state == "READY"]
+            print(
+                f"edgeplex {__version__} ready: HTTP http://{settings.host}:{http_port} gRPC {settings.host}:{grpc_port} "
+                f"cores={engine.cores} models={','.join(ready)}",
+                flush=True,
+            )
+
+        asyncio.run(serve(engine, settings, drain_seconds=settings.drain_seconds, on_started=started,
+                          on_stopping=allocator.stop,
+                          fronts=ProfileFronts(fronts) if fronts is not None else None))
+        return 0
+    finally:
+        if allocator is not None:
+            _stop_allocator(allocator)
+        engine.close()
+
+
+def _serve_repository(settings: Settings, quiet: bool) -> Path:
+    """The repository to serve: --repository, else the zoo (pulling what is missing)."""
+    from .zoo import ZOO, default_zoo_dir, pull
+
     if settings.repository is None:
         repository = default_zoo_dir()
         missing = [name for name in ZOO if not (repository / name / "1" / "model.onnx").is_file()]
         if missing:
             print(f"edgeplex: no --repository given; pulling the zoo into {repository}", file=sys.stderr)
-            pull(repository, missing, progress=not args.quiet)
+            pull(repository, missing, progress=not quiet)
         settings.repository = repository
-    repository = settings.repository
-    engine = Engine(repository, cores=settings.cores, memory_budget=settings.memory_budget,
-                    scheduling=settings.scheduling)
-    failures = engine.load_all(settings.models or None)
-    for name, reason in failures.items():
-        logging.getLogger("edgeplex").warning("model %s is not ready: %s", name, reason)
-    store_path = settings.profile_store or default_store_path()
-    store = ProfileStore(store_path) if settings.policy == "pareto" else None
-    allocator = Allocator(
-        engine, settings.policy, store, interval_s=settings.replan_seconds, min_gain=settings.min_gain,
-        profile_missing=settings.profile_missing, profile_seconds=settings.profile_seconds,
-        explore=settings.explore,
-    )
-    # The dashboard's fronts: the store pareto plans with, else one measured before (if any).
-    fronts = store
-    if fronts is None and store_path.is_file():
-        try:
-            fronts = ProfileStore(store_path)
-        except EdgeplexError as exc:
-            logging.getLogger("edgeplex").warning("the dashboard shows no fronts: %s", exc.message)
-    allocator.start()
+    return settings.repository
 
-    def started(http_port: int, grpc_port: int) -> None:
-        ready = [s.name for s in engine.models() if s.state == "READY"]
-        print(
-            f"edgeplex {__version__} ready: HTTP http://{settings.host}:{http_port} gRPC {settings.host}:{grpc_port} "
-            f"cores={engine.cores} models={','.join(ready)}",
-            flush=True,
-        )
 
-    asyncio.run(serve(engine, settings, drain_seconds=settings.drain_seconds, on_started=started,
-                      on_stopping=allocator.stop, fronts=ProfileFronts(fronts) if fronts is not None else None))
-    return 0
+def _open_store(path: Path) -> ProfileStore:
+    """The profile store, or one EdgeplexError line naming the file and what is wrong with it."""
+    import sqlite3
+
+    from .tuning.store import ProfileStore
+
+    try:
+        return ProfileStore(path)
+    except (sqlite3.Error, OSError) as exc:
+        raise EdgeplexError(f"cannot open the profile store {path}: {exc} (choose another with --profile-store)") \
+            from None
+
+
+def _stop_allocator(allocator: Allocator) -> None:
+    """Stop re-planning and wait for a background measurement to end (it holds a native session)."""
+    allocator.stop()
+    profiler = getattr(allocator, "_profiler", None)  # Allocator.stop() does not join it (yet)
+    if profiler is not None and profiler.is_alive():
+        profiler.join(60)
 
 
 def _zoo(args: argparse.Namespace) -> int:
@@ -101,9 +147,10 @@ def _models(args: argparse.Namespace) -> int:
     from .variant_layout import list_variants, variant_summary
 
     repository = Repository(args.repository)
+    models = repository.scan()  # a missing repository: the error alone, no header
     in_use = _variants_in_use(args.url)
     print(f"{'model':<14} {'backend':<12} {'batch':>5} {'inst':>4} {'thr':>3}  inputs -> outputs")
-    for name, source in repository.scan().items():
+    for name, source in models.items():
         try:
             config = repository.load_config(source)
         except EdgeplexError as exc:
@@ -126,15 +173,27 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _variants_in_use(url: str | None) -> dict[str, set[str]]:
-    """model -> variants its instances run, from a running server's placement (empty: none asked)."""
+    """model -> variants its instances run, from a running server's placement (empty: none asked).
+    The report is {"cores", "processors", "models": [{"model", "groups": [{"variant", ...}]}]}."""
     if not url:
         return {}
     import json
+    import urllib.error
     import urllib.request
 
-    with urllib.request.urlopen(f"{url.rstrip('/')}/v2/edgeplex/placement", timeout=10) as response:
-        report = json.load(response)
-    return {entry["model"]: {group["variant"] for group in entry["groups"]} for entry in report}
+    address = f"{url.rstrip('/')}/v2/edgeplex/placement"
+    try:
+        with urllib.request.urlopen(address, timeout=10) as response:
+            report = json.load(response)
+        return {entry["model"]: {group["variant"] for group in entry.get("groups") or []}
+                for entry in report["models"]}
+    except urllib.error.HTTPError as exc:
+        raise EdgeplexError(f"cannot read {address}: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise EdgeplexError(f"cannot reach the server at {url}: {reason}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise EdgeplexError(f"{address} did not answer a placement report ({type(exc).__name__}: {exc})") from None
 
 
 def _placement(args: argparse.Namespace) -> int:
@@ -184,10 +243,12 @@ def _help(setting: str) -> str:
     text = field.description or ""
     if setting == "cores":
         text += f" (default: {default_cores()}, the cores this process may use)"
-    elif field.default_factory is None and field.default is not None and "(default" not in text:
+    elif "(default" not in text:
         default = field.default
+        if field.default_factory is not None:
+            default = field.default_factory()  # type: ignore[call-arg]
         shown = ("on" if default else "off") if isinstance(default, bool) else default
-        text += f" (default: {shown})"
+        text += f" (default: {'none' if default is None or default == [] else shown})"
     return f"{text}; env {env_name(setting)}".replace("%", "%%")
 
 
@@ -196,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgeplex {__version__}")
     parser.add_argument("--log-level", default=None, choices=get_args(LogLevel), help=_help("log_level"))
     parser.add_argument("--log-format", default=None, choices=get_args(LogFormat), help=_help("log_format"))
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     # Every serve option defaults to None (not given): Settings then takes its EDGEPLEX_* variable,
@@ -220,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key-file", metavar="FILE", type=Path, help=_help("api_key_file"))
     serve.add_argument("--enable-repository-api", action=argparse.BooleanOptionalAction, default=None,
                        help=_help("enable_repository_api"))
+    serve.add_argument("--strict-readiness", action=argparse.BooleanOptionalAction, default=None,
+                       help=_help("strict_readiness"))
+    serve.add_argument("--exit-on-error", action=argparse.BooleanOptionalAction, default=None,
+                       help=_help("exit_on_error"))
     serve.add_argument("--drain-seconds", metavar="S", type=float, help=_help("drain_seconds"))
     serve.add_argument("--policy", choices=get_args(Policy), help=_help("policy"))
     serve.add_argument("--scheduling", choices=get_args(Scheduling), help=_help("scheduling"))
@@ -244,8 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.set_defaults(func=_zoo)
 
     models = commands.add_parser("models", help="list a repository's models, their configs and variants")
-    models.add_argument("--repository", type=Path, default=None)
-    models.add_argument("--url", default=None, help="a running server's HTTP address: mark the variants in use")
+    models.add_argument("--repository", type=Path, default=None,
+                        help="model repository (default: the zoo, $EDGEPLEX_ZOO or <cache>/zoo)")
+    models.add_argument("--url", default=None,
+                        help="a running server's HTTP address, e.g. http://127.0.0.1:8000: mark the variants in use "
+                             "(default: none)")
     models.set_defaults(func=_models)
 
     placement = commands.add_parser("placement", help="how a running server places each model, and why")
@@ -262,9 +330,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    # gRPC's C core logs at INFO on its own (e.g. around subprocess forks); keep errors only.
+def quiet_native_libraries() -> None:
+    """Before any of them is imported: keep what native libraries print to what matters.
+
+    gRPC's C core logs at INFO on its own: errors only. It also prints a fork_posix.cc line
+    whenever the process forks while its threads run; the server forks only because importing
+    OpenVINO starts its telemetry, which forks a process to send usage data over the network.
+    An edge server sends nothing it was not asked to: the telemetry module is blocked, and
+    OpenVINO falls back to its own no-op stub. gRPC's fork handlers are off too: the process
+    never forks to use gRPC in a child."""
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_native_libraries()
     args = build_parser().parse_args(argv)
     try:  # --log-level / --log-format, else EDGEPLEX_LOG_LEVEL / EDGEPLEX_LOG_FORMAT, else the defaults
         logging_settings = LogSettings(**{name: value for name in ("log_level", "log_format")

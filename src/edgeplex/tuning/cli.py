@@ -26,7 +26,23 @@ from .store import ProfileStore, default_store_path
 if TYPE_CHECKING:
     from ..repository import Repository
 
-DEFAULT_PLOTS = Path("benchmarks/results/fronts")
+
+def default_plots_dir() -> Path:
+    """Where `profile` draws its fronts unless --plots says: <cache>/fronts, beside the store."""
+    from ..zoo import default_cache_dir
+
+    return default_cache_dir() / "fronts"
+
+
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (0 cores or 0 timed calls measure nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def add_profile_parser(commands: Any) -> None:
@@ -34,13 +50,19 @@ def add_profile_parser(commands: Any) -> None:
     profile.add_argument("models", nargs="*", metavar="MODEL", help="models to profile (default: all)")
     profile.add_argument("--repository", type=Path, default=None, help="model repository (default: the zoo)")
     profile.add_argument("--store", type=Path, default=None, help="profile database (default: <cache>/profiles.sqlite)")
-    profile.add_argument("--cores", type=int, default=default_cores(), help="try threads 1..N (default: all cores)")
-    profile.add_argument("--iterations", type=int, default=50, help="timed calls per config (at most)")
-    profile.add_argument("--warmup", type=int, default=5, help="untimed calls per config before timing")
-    profile.add_argument("--max-seconds", type=float, default=3.0, help="time limit of the timed calls per config")
-    profile.add_argument("--backend", action="append", dest="backends", help="only this backend (repeatable)")
-    profile.add_argument("--retry-failed", action="store_true", help="measure configs that failed before again")
-    profile.add_argument("--plots", type=Path, default=DEFAULT_PLOTS, help=f"PNG folder (default: {DEFAULT_PLOTS})")
+    profile.add_argument("--cores", type=_positive, default=default_cores(),
+                         help=f"try threads 1..N (default: {default_cores()}, the cores this process may use)")
+    profile.add_argument("--iterations", type=_positive, default=50, help="timed calls per config, at most (default: 50)")
+    profile.add_argument("--warmup", type=int, default=5, help="untimed calls per config before timing (default: 5)")
+    profile.add_argument("--max-seconds", type=float, default=3.0,
+                         help="time limit of the timed calls per config (default: 3.0)")
+    profile.add_argument("--backend", action="append", dest="backends",
+                         help="only this backend (repeatable; default: every backend available)")
+    profile.add_argument("--retry-failed", action="store_true",
+                         help="measure configs that failed before again (default: off)")
+    profile.add_argument("--plots", type=Path, default=None,
+                         help="folder for the fronts' PNG plots (default: <cache>/fronts, i.e. "
+                              "$EDGEPLEX_CACHE/fronts or ~/.cache/edgeplex/fronts)")
     profile.set_defaults(func=run_profile)
 
 
@@ -127,4 +149,5 @@ def _profile_one(args: argparse.Namespace, repository: Repository, store: Profil
     if profiles:
         from .plot import plot_front  # matplotlib: imported only when drawing
 
-        print(f"plot: {plot_front(name, profiles, front, path=args.plots / f'{name}.png')}")
+        plots: Path = args.plots if args.plots is not None else default_plots_dir()
+        print(f"plot: {plot_front(name, profiles, front, path=plots / f'{name}.png')}")

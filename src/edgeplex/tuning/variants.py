@@ -179,6 +179,7 @@ def variant_table(results: dict[str, VariantInfo | VariantError]) -> str:
 def run_optimize(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ..errors import ModelNotFound
     from ..repository import Repository
     from ..zoo import ZOO, default_zoo_dir, pull
 
@@ -188,8 +189,14 @@ def run_optimize(args: argparse.Namespace) -> int:
         print(f"edgeplex: no --repository given; pulling {args.model} into {root}", file=sys.stderr)
         pull(root, [args.model], progress=not quiet)
     repository = Repository(root)
-    source = repository.source(args.model)
+    known = repository.scan()  # a missing repository says so, naming it
+    if args.model not in known:
+        names = ", ".join(known) or "none"
+        raise ModelNotFound(f"model '{args.model}' is not in the repository {root} (its models: {names})")
+    source = known[args.model]
     config = repository.load_config(source)
+    if not source.versions:
+        raise ModelNotFound(f"model '{args.model}' in {root} has no version folder with a model file")
     version_dir = source.versions[source.latest_version]
     variants = requested_variants(args.int8, args.fp16, args.prune)
     plain = not quiet and not sys.stderr.isatty()
