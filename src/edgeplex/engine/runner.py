@@ -396,12 +396,51 @@ def validate_inputs(config: ModelConfig, request: InferRequest) -> None:
 
 
 def warmup_inputs(config: ModelConfig) -> dict[str, np.ndarray]:
-    """Zero inputs of a plausible shape (batch 1, unknown dims 32) for the first run at load."""
+    """Inputs for the first run at load, so a session's one-off costs are paid before requests.
+
+    Zeros of a plausible shape: batch 1, unknown dims 32. A general rule keeps them valid for
+    models that refuse zeros: an integer input of at most one element named like a sample rate
+    (`sr`, `sample_rate`, ...) gets 16000, and such an audio model's [batch, samples] inputs get
+    512 samples (32 ms at 16 kHz: its windows are longer than 32). A config may state what a
+    model needs in `parameters`: `warmup_dims.<input>` (its full dims, e.g. "1,576") and
+    `warmup_value.<input>` (the number it is filled with); a bad one is a ConfigError."""
+    from ..config import TensorSpec
+    from ..errors import ConfigError
+
+    def is_rate(spec: TensorSpec) -> bool:
+        dims = config.full_dims(spec)
+        return (spec.datatype.startswith(("INT", "UINT")) and spec.name.lower() in _RATE_NAMES
+                and all(d in (1, -1) for d in dims) and len(dims) <= (2 if config.max_batch_size > 0 else 1))
+
+    audio = any(is_rate(spec) for spec in config.inputs)
     inputs: dict[str, np.ndarray] = {}
     for spec in config.inputs:
-        dims = [32 if d == -1 else d for d in config.full_dims(spec)]
+        full = config.full_dims(spec)
+        dims = [32 if d == -1 else d for d in full]
         if config.max_batch_size > 0:
             dims[0] = 1
-        dtype = numpy_dtype(spec.datatype)
-        inputs[spec.name] = np.zeros(dims, dtype=dtype) if spec.datatype != "BYTES" else np.full(dims, b"", dtype=object)
+        if audio and spec.datatype.startswith("FP") and len(full) == 2 and full[-1] == -1:
+            dims[-1] = 512  # [batch, samples] of audio
+        fill = 16000.0 if is_rate(spec) else 0.0
+        for key, text in ((f"warmup_dims.{spec.name}", config.parameters.get(f"warmup_dims.{spec.name}")),
+                          (f"warmup_value.{spec.name}", config.parameters.get(f"warmup_value.{spec.name}"))):
+            if text is None:
+                continue
+            try:
+                if key.startswith("warmup_dims"):
+                    dims = [int(d) for d in text.replace("x", ",").split(",")]
+                    if any(d < 1 for d in dims) or not shape_matches(dims, full):
+                        raise ValueError(f"must be positive dims that fit {full}")
+                else:
+                    fill = float(text)
+            except ValueError as exc:
+                raise ConfigError(f"model '{config.name}': parameter {key} = {text!r} is not usable: {exc}") from None
+        if spec.datatype == "BYTES":
+            inputs[spec.name] = np.full(dims, b"", dtype=object)
+        else:
+            inputs[spec.name] = np.full(dims, fill).astype(numpy_dtype(spec.datatype))
     return inputs
+
+
+# Names an audio model's sample-rate input goes by (warm-up fills it with 16000, not 0).
+_RATE_NAMES = frozenset({"sr", "fs", "rate", "sample_rate", "sampling_rate", "samplerate"})
