@@ -352,6 +352,9 @@ def test_dashboard_shows_what_the_api_reports(tmp_path: Path, browser: Any) -> N
                 groups = model["groups"]
                 for field in ("backend", "processor", "variant", "threads", "instances", "max_batch"):
                     assert cell(name, field) == ("\n".join(str(g[field]) for g in groups) if groups else "–"), field
+                summary = model["explanation"]["summary"]  # why it runs so: the allocator's own words
+                shown = cell(name, "why")
+                assert summary and shown and summary.startswith(shown.removesuffix("…")), (shown, summary)
             used = api("/v2/edgeplex/dashboard")["memory"]["used"]
             shown = browser.execute_script("return document.getElementById('memory-used').dataset.bytes")
             assert int(shown) == used and text("#memory-used") == f"{used / 1e6:.1f} MB", (shown, used)

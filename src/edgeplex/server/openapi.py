@@ -174,11 +174,21 @@ MODEL_METADATA = _obj({
 GROUP = _obj({"backend": STRING, "processor": STRING, "variant": STRING, "threads": COUNT, "max_batch": COUNT,
               "instances": COUNT})
 DECISION = _obj({"at": NUMBER, "placement": STRING, "reason": STRING}, nullable=True)
+EXPLANATION = _obj({
+    "summary": {**STRING, "description": "what runs and the figure that decided"},
+    "source": {**STRING, "enum": ["observed", "profiled", "config", "default"],
+               "description": "where the deciding figures come from"},
+    "bound": _array(STRING, description="the allocation fields the model's config sets (field=value): they bind "
+                                        "the allocator"),
+    "rejected": _array(_obj({"config": STRING, "reason": STRING}), description="configs that lost, and why"),
+    "would_change": {**STRING, "description": "what would change the decision"},
+}, ("summary", "source", "bound", "rejected", "would_change"))
 PLACEMENT_MODEL = _obj({
     "model": STRING, "state": STRING, "groups": _array(GROUP), "estimated_capacity": NUMBER,
-    "observed_slowdown": NUMBER, "taking_turns": BOOLEAN, "memory_bytes": COUNT, "reason": STRING,
-    "last_decision": DECISION,
-}, ("model", "state", "groups"))
+    "observed_slowdown": {**NUMBER, "description": "observed / profiled service time of its config in use"},
+    "taking_turns": BOOLEAN, "memory_bytes": COUNT, "reason": STRING,
+    "explanation": EXPLANATION, "last_decision": DECISION,
+}, ("model", "state", "groups", "explanation"))
 PROCESSOR = _obj({
     "name": {**STRING, "description": "cpu, cuda:N, gpu:N, npu:N, remote:NAME"},
     "kind": STRING, "capacity": {**COUNT, "description": "tokens: the CPU's cores; an accelerator's executions at once"},

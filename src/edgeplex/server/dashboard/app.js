@@ -214,7 +214,8 @@ function renderModels(snapshot, r) {
       cell("p99", fmtMs(m.latency.p99_ms), true),
       cell("queue", String(m.queue), true),
       cell("capacity", m.estimated_capacity ? m.estimated_capacity.toFixed(0) : "–", true),
-      cell("slowdown", m.state === "READY" ? m.observed_slowdown.toFixed(2) : "–", true));
+      cell("slowdown", m.state === "READY" ? m.observed_slowdown.toFixed(2) : "–", true),
+      whyCell(m.explanation));
   });
   for (const row of rows) {
     for (const td of row.children) {
@@ -222,6 +223,16 @@ function renderModels(snapshot, r) {
     }
   }
   document.querySelector("#models tbody").replaceChildren(...rows);
+}
+
+// Why the model runs as it does: the summary, with the full explanation on hover.
+function whyCell(why) {
+  if (!why) return el("td", { "data-field": "why" }, "–");
+  const rejected = (why.rejected ?? []).map((r) => `  ${r.config}: ${r.reason}`).join("\n");
+  const title = [why.summary, why.bound?.length ? `bound by the config: ${why.bound.join(", ")}` : "",
+    rejected ? `not chosen:\n${rejected}` : "", why.would_change ? `would change: ${why.would_change}` : ""]
+    .filter(Boolean).join("\n");
+  return el("td", { "data-field": "why", class: "reason", title }, truncate(why.summary, 90));
 }
 
 function truncate(text, n) {
