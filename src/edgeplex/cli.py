@@ -61,7 +61,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         failures = engine.load_all(settings.models or None)  # each failure is logged once, by the engine
         if failures and settings.exit_on_error:
-            # The engine logged each failure (one line each, at ERROR); this line says why we stop.
+            # The engine logged each failure (one line each, at ERROR); the last line says why we stop.
+            engine.close()
             print(f"edgeplex: exiting (--exit-on-error): {len(failures)} model(s) failed to load: "
                   f"{', '.join(failures)}", file=sys.stderr)
             return 2
@@ -185,8 +186,9 @@ def _variants_in_use(url: str | None) -> dict[str, set[str]]:
     try:
         with urllib.request.urlopen(address, timeout=10) as response:
             report = json.load(response)
-        return {entry["model"]: {group["variant"] for group in entry.get("groups") or []}
-                for entry in report["models"]}
+        in_use = {entry["model"]: {group["variant"] for group in entry.get("groups") or []}
+                  for entry in report["models"]}
+        return {model: variants for model, variants in in_use.items() if variants}
     except urllib.error.HTTPError as exc:
         raise EdgeplexError(f"cannot read {address}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:

@@ -31,13 +31,24 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(document, default=str).decode()
 
 
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger: message`, one line per record: a message that spans lines (a native
+    runtime's error text, say) is folded with ' | ', so grep and log shippers see each record
+    whole. An exception's traceback, which only a real failure carries, stays as Python prints it."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        if "\n" in record.message:
+            record.message = " | ".join(line.strip() for line in record.message.splitlines() if line.strip())
+        return super().formatMessage(record)
+
+
 def configure(level: str = "info", fmt: str = "text") -> None:
     """Root logging to stderr at `level`, as plain text or JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
