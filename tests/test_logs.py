@@ -86,3 +86,21 @@ def test_bench_progress_is_one_plain_line_per_phase_off_a_terminal(tiny_repo: Pa
     finally:
         progress.ENABLED = True
         engine.close()
+
+
+def test_a_multi_line_message_is_one_text_record(capsys: pytest.CaptureFixture[str], restore_logging: object) -> None:
+    """A native runtime's error text spans lines; the record must not (grep, shippers)."""
+    logs.configure("info", "text")
+    logging.getLogger("edgeplex.test").info("warm-up skipped (%s)", "first line\n  second line\n\nthird")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].endswith("INFO edgeplex.test: warm-up skipped (first line | second line | third)")
+
+
+def test_a_failure_keeps_its_traceback(capsys: pytest.CaptureFixture[str], restore_logging: object) -> None:
+    logs.configure("info", "text")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        logging.getLogger("edgeplex.test").exception("step failed")
+    err = capsys.readouterr().err
+    assert "ERROR edgeplex.test: step failed" in err and "Traceback" in err and "RuntimeError: boom" in err
