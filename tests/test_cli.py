@@ -160,7 +160,8 @@ def test_readiness_and_exit_flags_reach_the_settings() -> None:
 
 def _subparser(name: str) -> argparse.ArgumentParser:
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return commands.choices[name]
+    parser: argparse.ArgumentParser = commands.choices[name]
+    return parser
 
 
 @pytest.mark.parametrize("command", ["serve", "profile"])
