@@ -68,6 +68,25 @@ def test_models_reads_a_running_servers_placement(tiny_repo: Path, capsys: pytes
     assert {line.split()[0] for line in out[1:]} >= {"add", "slow", "fixed", "sub"}
 
 
+def test_placement_of_a_running_server_fits_100_columns(tiny_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    with running_server(tiny_repo, "--policy", "config", cores=2) as server:
+        url = f"http://{server.http_url}"
+        assert main(["placement", "--url", url]) == 0
+        table = capsys.readouterr().out.splitlines()
+        assert main(["placement", "--url", url, "--wide"]) == 0
+        wide = capsys.readouterr().out
+        assert main(["placement", "--url", url, "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+    assert max(len(line) for line in table) <= 100, max(table, key=len)
+    assert {m["model"] for m in report["models"]} == {"add", "sub", "fixed", "slow", "broken"}
+    for model in report["models"]:  # every model in the table, and its explanation in --wide
+        assert any(line.startswith(model["model"]) for line in table), model["model"]
+        assert model["explanation"]["summary"].split(":")[0] in wide
+    assert "not a readable ONNX model" in " ".join(wide.split())  # the broken model says why (wrapped)
+
+
 def test_models_with_no_server_there_says_so(tiny_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"http://{HOST}:{free_port()}"
     assert main(["models", "--repository", str(tiny_repo), "--url", url]) == 2

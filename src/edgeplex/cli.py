@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
@@ -87,7 +86,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 0
     finally:
         if allocator is not None:
-            _stop_allocator(allocator)
+            allocator.stop()  # waits for a background measurement: it holds a native session
         engine.close()
 
 
@@ -116,14 +115,6 @@ def _open_store(path: Path) -> ProfileStore:
     except (sqlite3.Error, OSError) as exc:
         raise EdgeplexError(f"cannot open the profile store {path}: {exc} (choose another with --profile-store)") \
             from None
-
-
-def _stop_allocator(allocator: Allocator) -> None:
-    """Stop re-planning and wait for a background measurement to end (it holds a native session)."""
-    allocator.stop()
-    profiler = getattr(allocator, "_profiler", None)  # Allocator.stop() does not join it (yet)
-    if profiler is not None and profiler.is_alive():
-        profiler.join(60)
 
 
 def _zoo(args: argparse.Namespace) -> int:
@@ -199,34 +190,22 @@ def _variants_in_use(url: str | None) -> dict[str, set[str]]:
 
 
 def _placement(args: argparse.Namespace) -> int:
-    """Ask a running server how it places each model, and why."""
+    """Ask a running server how it places each model, and why: a table that fits 100 columns,
+    every figure with --wide, the raw report with --json."""
     import json
     import urllib.error
     import urllib.request
+
+    from .placement_view import render_placement
 
     url = f"{args.url.rstrip('/')}/v2/edgeplex/placement"
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
             report = json.load(response)
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, ValueError) as exc:
         print(f"edgeplex: cannot read {url}: {exc}", file=sys.stderr)
         return 2
-    budget = report.get("memory_budget")
-    print(f"cores {report['cores']}, memory {report['memory_used'] / 1e6:.0f} MB used"
-          + (f" of {budget / 1e6:.0f} MB" if budget else " (no budget)"))
-    for processor in report.get("processors", []):
-        models = ", ".join(processor["models"]) or "-"
-        print(f"processor {processor['name']:<10} {processor['kind']:<8} capacity {processor['capacity']:>3}, "
-              f"in use {processor['in_use']}, busy {processor['busy_seconds']:.1f} token-s, models: {models}")
-    print(f"{'model':<12} {'state':<11} {'placement':<44} {'cap/s':>7} {'slowdown':>8}  reason (last change)")
-    for model in report["models"]:
-        groups = " + ".join(
-            f"{g['instances']}x {g['backend']}/{g['processor']}/{g['variant']}/t{g['threads']}" for g in model["groups"]
-        ) or "-"
-        last = model["last_decision"]
-        changed = time.strftime("%H:%M:%S", time.localtime(last["at"])) if last else "-"
-        print(f"{model['model']:<12} {model['state']:<11} {groups:<44} {model['estimated_capacity']:>7.1f} "
-              f"{model['observed_slowdown']:>8.2f}  {model['reason'] or '-'} ({changed})")
+    print(render_placement(report, wide=args.wide, as_json=args.json))
     return 0
 
 
@@ -320,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     placement = commands.add_parser("placement", help="how a running server places each model, and why")
     placement.add_argument("--url", default="http://127.0.0.1:8000", help="the server's HTTP address")
+    view = placement.add_mutually_exclusive_group()
+    view.add_argument("--wide", action="store_true",
+                      help="every figure per model: runs, slowdown (observed/profiled service time), the config "
+                           "fields that bind it, rejected candidates and why, what would change it, the last change")
+    view.add_argument("--json", action="store_true", help="the raw report, pretty-printed")
     placement.set_defaults(func=_placement)
 
     from .bench.cli import add_bench_parser

@@ -88,7 +88,7 @@ class InstanceLoader:
         try:
             inputs = warmup_inputs(config)
         except EdgeplexError as exc:
-            log.info("model %s: warm-up run skipped (%s)", config.name, exc.message)
+            log.info("model %s: warm-up run skipped (%s)", config.name, _first_line(exc.message))
         prime(backend, path, group.config, inputs)
         session, opened = measure_held(lambda: backend.open(path, group.config))
         warmed = 0
@@ -97,7 +97,7 @@ class InstanceLoader:
             try:
                 _, warmed = measure_held(lambda: session.run(warm))
             except EdgeplexError as exc:
-                log.info("model %s: warm-up run skipped (%s)", config.name, exc.message)
+                log.info("model %s: warm-up run skipped (%s)", config.name, _first_line(exc.message))
         # The backend's own figure, the file's size and earlier loads are floors of the delta.
         key = memo_key(group.config)
         figure = max(opened + warmed, session.memory_bytes, path.stat().st_size, measured.get(key, 0))
@@ -109,3 +109,8 @@ def close_all(opened: dict[str, list[Instance]]) -> None:
     for instances in opened.values():
         for inst in instances:
             inst.session.close()
+
+
+def _first_line(message: str) -> str:
+    """A runtime's error can run over many lines: the log keeps the first, which names it."""
+    return message.strip().splitlines()[0] if message.strip() else message

@@ -101,9 +101,13 @@ class Allocator:
             self._thread.start()
 
     def stop(self) -> None:
+        """Stop re-planning, and wait for a background measurement to end: it holds a native
+        session, which must not be torn down by the interpreter's exit."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(30)
+        if self._profiler is not None:
+            self._profiler.join(60)
 
     def _run(self) -> None:
         if self.profile_missing:

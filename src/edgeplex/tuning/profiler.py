@@ -385,7 +385,7 @@ def profile_model(name: str, model_file: Path, config: ModelConfig, store: Profi
             tries += int(stored.extra.get("attempts", 1))
         trust = {"attempts": tries, "confidence": "low" if m.disturbed else "high"}
         if m.disturbed:
-            log.warning("%s: %s at batch %d was disturbed on each of %d attempt(s), stored with low confidence: %s",
+            log.info("%s: %s at batch %d was disturbed on each of %d attempt(s), stored with low confidence: %s",
                         name, cfg.label(), batch, tries, m.disturbance)
             trust["disturbance"] = m.disturbance
         profile = Profile(model=name, model_hash=key[0], config=cfg, batch=batch, p50_ms=m.p50_ms, p99_ms=m.p99_ms,
