@@ -9,6 +9,7 @@ the CPU — the same path a CUDA device takes through ONNX Runtime's providers.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -163,14 +164,23 @@ def test_processors_are_listed_with_their_use_and_labelled_in_the_metrics(engine
     assert report["a"]["groups"][0]["processor"] == ACCELERATOR
 
 
-def test_a_processor_the_machine_lacks_fails_the_load_with_the_reason(tmp_path: Path) -> None:
+def test_a_processor_the_machine_lacks_runs_on_the_cpu_and_says_why(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    # Issue 15: a config that asks for what cannot run says why and what runs instead.
     slow_model(tmp_path / "g" / "1" / "model.onnx", size=16, layers=1)
     write_config(tmp_path / "g", max_batch_size=0, processor="cuda:7")
     engine = Engine(tmp_path, cores=1)
     try:
-        failures = engine.load_all()
-        assert "processor 'cuda:7' is not on this machine (processors: cpu" in failures["g"]
-        assert engine.model("g").state == "UNAVAILABLE" and not engine.is_ready("g")
+        with caplog.at_level(logging.WARNING, logger="edgeplex"):
+            assert engine.load_all() == {}
+        placement = engine.model("g").placement
+        assert placement is not None and placement.groups[0].config.processor == "cpu"
+        assert "processor 'cuda:7' is not on this machine (processors: cpu" in placement.reason
+        assert "running on cpu instead" in placement.reason
+        assert [r.getMessage() for r in caplog.records].count(
+            f"model g: its config asks for what cannot run here: {placement.reason.removeprefix('model config; ')}") == 1
+        assert engine.is_ready("g")
+        assert engine.config("g").processor == "cpu" and engine.operator_config("g").processor == "cuda:7"
     finally:
         engine.close()
 

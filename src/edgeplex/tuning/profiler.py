@@ -377,7 +377,7 @@ def profile_model(name: str, model_file: Path, config: ModelConfig, store: Profi
             m, tries = measure_trusted(run, attempts, budget, pause_s=min(0.5, max_seconds / 10))
         except Exception as exc:  # any failure of one config is that config's, never the whole run's
             reason = exc.message if isinstance(exc, EdgeplexError) else f"{type(exc).__name__}: {exc}"
-            log.warning("%s: %s at batch %d failed: %s", name, cfg.label(), batch, reason)
+            log.info("%s: %s at batch %d cannot be measured (not a candidate): %s", name, cfg.label(), batch, reason)
             store.put_failure(Failure(name, key[0], cfg, batch, version, machine, reason, time.time()))
             report("failed", reason=reason)
             continue
