@@ -152,8 +152,7 @@ def peer(requests: int = 200, warmup: int = 60, clients_per_model: int = 2, poli
     store_path = scratch / "profiles.sqlite"
     repo = repository_with(models, {})
     inputs = {m: example_inputs(m) for m in models}
-    job = {"clients_per_model": clients_per_model, "warmup": warmup, "requests": requests, "settle_s": settle_s,
-           "pareto_start": start}
+    job = {"clients_per_model": clients_per_model, "warmup": warmup, "requests": requests, "settle_s": settle_s}
     runs: dict[str, list[dict[str, Any]]] = {server: [] for server in (TRITON, *policies)}
     try:
         references = _references(repo, inputs)
@@ -201,7 +200,7 @@ def peer(requests: int = 200, warmup: int = 60, clients_per_model: int = 2, poli
                   "edgeplex_onnxruntime": metadata.version("onnxruntime"),
                   "hand_config": f"python backend, ONNX Runtime {threads} intra-op thread(s), 1 inter-op, sequential, "
                                  f"instance_group KIND_CPU count {instances}, no dynamic batching"}
-    result = {"job": {**job, "models": list(models)}, "cores": cores, "rounds": rounds, "peer": peer_setup,
+    result = {"job": {**job, "models": list(models), "pareto_start": start}, "cores": cores, "rounds": rounds, "peer": peer_setup,
               "bound": bound, "summary": summary, "runs": runs}
     return result, _text(result, models)
 
