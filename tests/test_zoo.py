@@ -38,7 +38,7 @@ TINY = _tiny_onnx()
 TINY_SHA = hashlib.sha256(TINY).hexdigest()
 MEMBER = "tinypkg/models/tiny.onnx"
 TINY_CONFIG: dict[str, Any] = {
-    "name": "tiny", "backend": "onnxruntime", "max_batch_size": 4, "slo_ms": 5,
+    "name": "tiny", "max_batch_size": 4, "slo_ms": 5,
     "inputs": [{"name": "x", "datatype": "FP32", "dims": [4]}],
     "outputs": [{"name": "y", "datatype": "FP32", "dims": [4]}],
 }
@@ -122,6 +122,31 @@ def test_existing_config_is_kept(fake_zoo: dict[str, Any]) -> None:
     config.write_text(yaml.safe_dump({**TINY_CONFIG, "threads": 2}))
     zoo.pull(fake_zoo["dest"], cache_dir=fake_zoo["cache"], progress=False)
     assert yaml.safe_load(config.read_text())["threads"] == 2
+
+
+def test_an_earlier_zoos_unedited_config_is_refreshed_and_an_edited_one_kept(fake_zoo: dict[str, Any]) -> None:
+    # Earlier zoos stated `backend: onnxruntime`, which now binds the allocator to it: such a config,
+    # unedited, is the zoo's own and is written anew (by pull, and at serve by refresh_configs).
+    zoo.pull(fake_zoo["dest"], cache_dir=fake_zoo["cache"], progress=False)
+    config = fake_zoo["dest"] / "tiny" / "config.yaml"
+    old = {**TINY_CONFIG, "backend": "onnxruntime"}
+    config.write_text(yaml.safe_dump(old))
+    zoo.pull(fake_zoo["dest"], cache_dir=fake_zoo["cache"], progress=False)
+    assert yaml.safe_load(config.read_text()) == TINY_CONFIG
+    config.write_text(yaml.safe_dump(old))
+    assert zoo.refresh_configs(fake_zoo["dest"]) == ["tiny"]
+    assert yaml.safe_load(config.read_text()) == TINY_CONFIG
+    assert zoo.refresh_configs(fake_zoo["dest"]) == []  # nothing left to refresh
+    edited = {**old, "slo_ms": 50}  # the user's edit: kept, backend and all
+    config.write_text(yaml.safe_dump(edited))
+    assert zoo.refresh_configs(fake_zoo["dest"]) == []
+    zoo.pull(fake_zoo["dest"], cache_dir=fake_zoo["cache"], progress=False)
+    assert yaml.safe_load(config.read_text()) == edited
+
+
+def test_the_zoo_leaves_how_to_run_to_the_allocator() -> None:
+    for model in zoo.ZOO.values():
+        assert not {"backend", "threads", "instance_count", "processor"} & set(model.config), model.name
 
 
 def test_sha_mismatch_raises_and_leaves_nothing(fake_zoo: dict[str, Any]) -> None:

@@ -92,7 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _serve_repository(settings: Settings, quiet: bool) -> Path:
     """The repository to serve: --repository, else the zoo (pulling what is missing)."""
-    from .zoo import ZOO, default_zoo_dir, pull
+    from .zoo import ZOO, default_zoo_dir, pull, refresh_configs
 
     if settings.repository is None:
         repository = default_zoo_dir()
@@ -100,6 +100,7 @@ def _serve_repository(settings: Settings, quiet: bool) -> Path:
         if missing:
             print(f"edgeplex: no --repository given; pulling the zoo into {repository}", file=sys.stderr)
             pull(repository, missing, progress=not quiet)
+        refresh_configs(repository)  # an earlier zoo's unedited configs bound every model to ONNX Runtime
         settings.repository = repository
     return settings.repository
 

@@ -220,9 +220,38 @@ def _t(name: str, datatype: str, dims: list[int]) -> dict[str, Any]:
 
 def _cfg(name: str, max_batch: int, slo_ms: float, inputs: list[Any], outputs: list[Any]) -> dict[str, Any]:
     """The zoo's slo_ms are latency targets (they order the queues, earliest deadline first, and
-    count misses), not hard deadlines: a late request is still computed (`timeout_action: run`)."""
-    return {"name": name, "backend": "onnxruntime", "max_batch_size": max_batch, "inputs": inputs,
+    count misses), not hard deadlines: a late request is still computed (`timeout_action: run`).
+    No backend, threads or instance count: a field a config states binds the allocator, and how
+    to run the zoo is the allocator's to choose (ONNX Runtime, one instance, until it does)."""
+    return {"name": name, "max_batch_size": max_batch, "inputs": inputs,
             "outputs": outputs, "slo_ms": slo_ms, "timeout_action": "run"}
+
+
+# Fields earlier zoo configs stated that the zoo now leaves to the allocator: a config still
+# holding exactly the zoo's fields plus these is the zoo's own, unedited, and is written anew.
+_FORMERLY_STATED = {"backend": "onnxruntime"}
+
+
+def _unedited_old_config(model: ZooModel, config_path: Path) -> bool:
+    try:
+        stated = yaml.safe_load(config_path.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(stated, dict) and stated != model.config and stated == {**model.config, **_FORMERLY_STATED}
+
+
+def refresh_configs(dest: Path) -> list[str]:
+    """Write the zoo's current config over the unedited configs of an earlier zoo in `dest`
+    (those that bound every model to ONNX Runtime); returns the models refreshed. A config the
+    user edited is left as it is."""
+    refreshed = []
+    for model in ZOO.values():
+        config_path = dest / model.name / "config.yaml"
+        if config_path.is_file() and _unedited_old_config(model, config_path):
+            with _atomic_writer(config_path) as f:
+                f.write(yaml.safe_dump(model.config, sort_keys=False).encode())
+            refreshed.append(model.name)
+    return refreshed
 
 
 _OCR = "rapidocr-onnxruntime==1.4.4"
@@ -388,6 +417,8 @@ def pull(dest: Path | None = None, names: Sequence[str] | None = None, cache_dir
                 bar.step(model.name, f"extracting {model.member} from {wheel.name}")
                 _extract(model, wheel, target)
                 config_path.unlink(missing_ok=True)  # a new model file gets the zoo's config
+            if config_path.is_file() and _unedited_old_config(model, config_path):
+                config_path.unlink()  # an earlier zoo's own config, unedited: the current one replaces it
             if not config_path.is_file():  # an existing config may hold the user's edits: keep it
                 with _atomic_writer(config_path) as f:
                     f.write(yaml.safe_dump(model.config, sort_keys=False).encode())
