@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 POLICIES = ("config", "static", "balance", "pareto")
 BACKGROUND_PRIORITY = 16  # profiling waits behind every request for cores
 FIRST_PASS_PRIORITY = 1  # ... except a start's first few figures, which compete with requests
+SPARE_WINDOW_S = 0.25  # a background measurement waits for a window this long with cores to spare ...
+SPARE_MAX_WAIT_S = 60.0  # ... but no longer than this (a box never idle still learns, slowly)
 REPROFILE_S = 60.0  # how often refuted or disturbed profiles are measured again in the background
 MAX_ATTEMPTS = 9  # a figure still disturbed after this many attempts is left as it is (a box never quiet)
 NO_CANDIDATE = "no profiled config of it meets its slo_ms, fidelity bound and the fields its config sets"
@@ -308,6 +310,8 @@ class Allocator:
         versions = current_backend_versions()
 
         def guard(config: ExecutionConfig) -> AbstractContextManager[object]:
+            if priority == BACKGROUND_PRIORITY:
+                self._wait_for_spare(config)
             return self.engine.compute_slot(config, priority)
 
         refuted = {(m, replace(c, max_batch=0)) for m, c in self._refuted}  # every batch cap of it
@@ -340,6 +344,24 @@ class Allocator:
             if measured[0]:
                 log.info("profiled %s in the background: %d figure(s) missing, refuted or measured disturbed",
                          name, measured[0])
+
+    def _wait_for_spare(self, config: ExecutionConfig) -> None:
+        """Before a background measurement, wait (at most SPARE_MAX_WAIT_S) until its processor
+        has the cores to spare: busy, over a short window, no more than its capacity less what the
+        measurement takes. A saturated box measures at most once a SPARE_MAX_WAIT_S, so learning
+        costs its requests little; a box with slack measures at once."""
+        view = {p.name: p for p in self.engine.processors()}.get(config.processor)
+        if view is None:
+            return
+        tokens = resolve_tokens(config, self.engine.cores, self.engine.capacities())
+        waited = 0.0
+        while waited < SPARE_MAX_WAIT_S and not self._stop.is_set():
+            before = view.busy_seconds
+            self._stop.wait(SPARE_WINDOW_S)
+            waited += SPARE_WINDOW_S
+            view = {p.name: p for p in self.engine.processors()}[config.processor]
+            if view.busy_seconds - before <= (view.capacity - tokens + 0.25) * SPARE_WINDOW_S:
+                return
 
     # -- helpers -------------------------------------------------------------------------------
     def _configs(self) -> dict[str, ModelConfig]:
