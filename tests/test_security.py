@@ -53,7 +53,7 @@ def status_of(call: object) -> tuple[str, str]:
 
 
 def test_grpc_requires_the_api_key_on_every_call(engine: Engine) -> None:
-    with grpc_server(engine, api_key=KEY) as url:
+    with grpc_server(engine, api_key=KEY, open_apis=()) as url:
         client = grpcclient.InferenceServerClient(url)
         for call in (lambda: client.is_server_live(), lambda: client.get_model_metadata("add"),
                      lambda: client.infer("add", add_inputs())):
@@ -132,7 +132,7 @@ def http_calls(app: object, calls: list[tuple[str, str, dict[str, str]]]) -> lis
 def test_http_requires_the_api_key_except_for_the_dashboards_static_files(engine: Engine) -> None:
     from edgeplex.server.http import build_app
 
-    app = build_app(engine, api_key=KEY)
+    app = build_app(engine, api_key=KEY, open_apis=())
     protected = ["/v2/health/live", "/v2", "/v2/models/add", "/metrics", "/v2/edgeplex/placement",
                  "/v2/edgeplex/dashboard", "/v2/models/add/stats"]
     refused = http_calls(app, [("GET", path, {}) for path in protected])
@@ -146,6 +146,48 @@ def test_http_requires_the_api_key_except_for_the_dashboards_static_files(engine
     assert [r.status_code for r in allowed] == [200] * len(protected)  # type: ignore[attr-defined]
     public = http_calls(app, [("GET", "/", {}), ("GET", "/dashboard/app.js", {})])
     assert [r.status_code for r in public] == [200, 200]  # type: ignore[attr-defined]
+
+
+def test_probes_answer_without_the_key_by_default_and_each_group_opens_alone(engine: Engine) -> None:
+    # Kubernetes and KServe probes carry no key: health is open by default, on both transports.
+    from edgeplex.server.http import build_app
+
+    health = ["/v2/health/live", "/v2/health/ready", "/v2/models/add/ready", "/v2/models/add/versions/1/ready"]
+    metadata = ["/v2", "/v2/models/add", "/v2/models/add/versions/1"]
+    closed = ["/v2/models/add/config", "/v2/models/add/stats", "/v2/models/stats", "/v2/edgeplex/placement"]
+    for open_apis, expect_open in ((("health",), health), (("metadata",), metadata), (("metrics",), ["/metrics"]),
+                                   (("health", "metadata", "metrics"), health + metadata + ["/metrics"])):
+        app = build_app(engine, api_key=KEY, open_apis=open_apis)
+        paths = health + metadata + ["/metrics"] + closed
+        answered = dict(zip(paths, http_calls(app, [("GET", path, {}) for path in paths])))
+        for path, response in answered.items():
+            want = 200 if path in expect_open else 401
+            assert response.status_code == want, (open_apis, path, response.status_code)  # type: ignore[attr-defined]
+    (infer,) = http_calls(build_app(engine, api_key=KEY, open_apis=("health", "metadata", "metrics")),
+                          [("POST", "/v2/models/add/infer", {})])
+    assert infer.status_code == 401  # type: ignore[attr-defined]
+    with grpc_server(engine, api_key=KEY, open_apis=("health",)) as url:
+        client = grpcclient.InferenceServerClient(url)
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("add")
+        for call in (lambda: client.get_model_metadata("add"), lambda: client.get_server_metadata(),
+                     lambda: client.infer("add", add_inputs()), lambda: client.get_model_config("add")):
+            assert status_of(call)[0] == "StatusCode.UNAUTHENTICATED"
+        client.close()
+    with grpc_server(engine, api_key=KEY, open_apis=("metadata",)) as url:
+        client = grpcclient.InferenceServerClient(url)
+        assert client.get_model_metadata("add").name == "add" and client.get_server_metadata().name == "edgeplex"
+        assert status_of(lambda: client.is_server_live())[0] == "StatusCode.UNAUTHENTICATED"
+        client.close()
+
+
+def test_open_api_groups_are_checked() -> None:
+    from edgeplex.config import Settings
+
+    assert Settings().open_apis == ["health"]
+    assert Settings(open_apis="health, Metadata").open_apis == ["health", "metadata"]
+    assert Settings(open_apis=["none"]).open_apis == []
+    with pytest.raises(ConfigError, match="unknown API group"):
+        Settings(open_apis="health,inference")
 
 
 def test_http_repository_load_and_unload_are_off_unless_enabled(engine: Engine) -> None:

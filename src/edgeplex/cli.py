@@ -261,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-tensor-elements", metavar="N", type=int, help=_help("max_tensor_elements"))
     serve.add_argument("--api-key", metavar="KEY", help=_help("api_key"))
     serve.add_argument("--api-key-file", metavar="FILE", type=Path, help=_help("api_key_file"))
+    serve.add_argument("--open-api", dest="open_apis", action="append", metavar="GROUP", help=_help("open_apis"))
     serve.add_argument("--enable-repository-api", action=argparse.BooleanOptionalAction, default=None,
                        help=_help("enable_repository_api"))
     serve.add_argument("--strict-readiness", action=argparse.BooleanOptionalAction, default=None,

@@ -27,6 +27,8 @@ from .errors import ConfigError
 from .tensors import DEFAULT_MAX_ELEMENTS, V2_TO_NUMPY
 
 KNOWN_BACKENDS = ("onnxruntime", "openvino")
+OPEN_APIS = ("health", "metadata", "metrics")  # API groups that may be served without the API key
+DEFAULT_OPEN_APIS = ("health",)
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
 PROCESSOR_PATTERN = r"^[a-z][a-z0-9_\-]*(:[A-Za-z0-9_.\-]+)?$"
 
@@ -380,6 +382,11 @@ class Settings(LogSettings):
         f"at least {MIN_API_KEY_LENGTH} characters",
     )
     api_key_file: Path | None = Field(None, description="read the API key from this file's first line")
+    open_apis: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_OPEN_APIS),
+        description="with an API key, the API groups served without it: health (liveness, readiness), "
+        "metadata, metrics; comma-separated, or none (Kubernetes and KServe probes carry no key)",
+    )
     enable_repository_api: bool = Field(False, description="allow model load/unload over HTTP and gRPC")
     drain_seconds: float = Field(
         DEFAULT_DRAIN_SECONDS, ge=0, description="on SIGINT/SIGTERM, how long in-flight requests may finish"
@@ -442,6 +449,18 @@ class Settings(LogSettings):
                 return json.loads(text)
             return [name.strip() for name in text.split(",") if name.strip()]
         return [] if value is None else value
+
+    @field_validator("open_apis", mode="before")
+    @classmethod
+    def _open_apis(cls, value: object) -> object:
+        items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, list | tuple) else value
+        if not isinstance(items, list):
+            return items
+        groups = [str(item).strip().lower() for part in items for item in str(part).split(",") if str(item).strip()]
+        unknown = [g for g in groups if g not in (*OPEN_APIS, "none")]
+        if unknown:
+            raise ValueError(f"unknown API group(s) {', '.join(unknown)} (expected {', '.join(OPEN_APIS)} or none)")
+        return [g for g in groups if g != "none"]
 
     @field_validator("memory_budget", mode="before")
     @classmethod

@@ -76,13 +76,14 @@ async def _start(
         grpc_server, grpc_port = await start_grpc_server(
             engine, config.host, config.grpc_port, config.max_body_bytes, api_key=config.api_key,
             repository_api=config.enable_repository_api, max_tensor_elements=config.max_tensor_elements,
-            strict_readiness=strict,
+            strict_readiness=strict, open_apis=config.open_apis,
         )
         http = _HttpServer(
             uvicorn.Config(
                 build_app(engine, config.max_body_bytes, fronts, api_key=config.api_key,
                           repository_api=config.enable_repository_api,
-                          max_tensor_elements=config.max_tensor_elements, strict_readiness=strict),
+                          max_tensor_elements=config.max_tensor_elements, strict_readiness=strict,
+                          open_apis=config.open_apis),
                 host=config.host,
                 port=config.http_port,
                 log_level="warning",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
@@ -19,7 +19,7 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
-from ..config import DEFAULT_MAX_BODY_BYTES
+from ..config import DEFAULT_MAX_BODY_BYTES, DEFAULT_OPEN_APIS
 from ..engine import Engine, InferRequest, InferResponse
 from ..errors import EdgeplexError, Forbidden, InvalidInput, StartupError
 from ..tensors import (
@@ -358,16 +358,16 @@ def _register(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
 async def start_grpc_server(
     engine: Engine, host: str, port: int, max_message_bytes: int = DEFAULT_MAX_BODY_BYTES, *,
     api_key: str | None = None, repository_api: bool = False, max_tensor_elements: int = DEFAULT_MAX_ELEMENTS,
-    strict_readiness: bool = False,
+    strict_readiness: bool = False, open_apis: Iterable[str] = DEFAULT_OPEN_APIS,
 ) -> tuple[grpc.aio.Server, int]:
     """Start serving `engine` on host:port (0 = a free port); returns the server and its port.
-    With `api_key`, every call must carry it; `repository_api` allows model load/unload;
+    With `api_key`, every call but those of the `open_apis` groups must carry it; `repository_api` allows model load/unload;
     `strict_readiness` makes ServerReady wait for every model asked to load (as Triton).
     A port that cannot be bound is a StartupError naming it, with nothing left running.
     Stopping it is the caller's: `await server.stop(grace)`."""
     check_bindable("gRPC", host, port)  # before gRPC's core, which would print its own error lines
     server = grpc.aio.server(
-        interceptors=[ApiKeyInterceptor(api_key)] if api_key else None,
+        interceptors=[ApiKeyInterceptor(api_key, open_apis)] if api_key else None,
         options=[
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -21,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from ..config import DEFAULT_MAX_BODY_BYTES
+from ..config import DEFAULT_MAX_BODY_BYTES, DEFAULT_OPEN_APIS
 from ..engine import Engine
 from ..errors import EdgeplexError, Forbidden, InvalidInput, PayloadTooLarge
 from ..tensors import DEFAULT_MAX_ELEMENTS
@@ -95,11 +96,12 @@ class UnexpectedErrors:
 def build_app(
     engine: Engine, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, fronts: FrontsSource | None = None, *,
     api_key: str | None = None, repository_api: bool = False, max_tensor_elements: int = DEFAULT_MAX_ELEMENTS,
-    strict_readiness: bool = False,
+    strict_readiness: bool = False, open_apis: Iterable[str] = DEFAULT_OPEN_APIS,
 ) -> Any:
     """The ASGI application serving `engine`; `fronts`: where the dashboard's Pareto fronts come
     from (None: it says there are none). With `api_key`, every endpoint but the dashboard's
-    static files (which hold no data) requires it; `repository_api` allows model load/unload;
+    static files (which hold no data) and the `open_apis` groups (health by default) requires it;
+    `repository_api` allows model load/unload;
     `strict_readiness` (the server's setting, on by default there) makes /v2/health/ready wait
     for every model asked to load, as Triton does. Errors are mapped once, by Starlette's
     exception handlers."""
@@ -259,7 +261,7 @@ def build_app(
         ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: routing_error, EdgeplexError: edgeplex_error},
                     middleware=[Middleware(UnexpectedErrors)])
-    return ApiKeyMiddleware(app, api_key, PUBLIC_PATHS, PUBLIC_PREFIXES) if api_key else app
+    return ApiKeyMiddleware(app, api_key, PUBLIC_PATHS, PUBLIC_PREFIXES, open_apis) if api_key else app
 
 
 async def routing_error(request: Request, exc: Exception) -> Response:
