@@ -34,6 +34,7 @@ def test_overload_is_refused_fast_with_bounded_memory_and_nothing_lost(tmp_path:
     with running_server(tmp_path, "--policy", "config", cores=1) as server:
         outcomes: Counter[str] = Counter()
         refusal_s: list[float] = []
+        served_s: list[float] = []
         lock = threading.Lock()
         stop = time.monotonic() + 4.0
 
@@ -48,6 +49,8 @@ def test_overload_is_refused_fast_with_bounded_memory_and_nothing_lost(tmp_path:
                 try:
                     result = triton.infer("slow", [item])
                     outcome = "ok" if result.as_numpy("y").shape == x.shape else "wrong shape"
+                    with lock:
+                        served_s.append(time.monotonic() - started)
                 except InferenceServerException as exc:
                     refused = exc.status() in ("StatusCode.RESOURCE_EXHAUSTED", "429")
                     outcome = "refused" if refused and "max_queue_size 16" in (exc.message() or "") else str(exc)
@@ -66,6 +69,8 @@ def test_overload_is_refused_fast_with_bounded_memory_and_nothing_lost(tmp_path:
             thread.join()
         rss_before = _rss_bytes(server.process.pid)
         outcomes.clear()
+        refusal_s.clear()
+        served_s.clear()
         stop = time.monotonic() + 4.0
         threads = [threading.Thread(target=client, args=(i,)) for i in range(48)]
         for thread in threads:
@@ -75,6 +80,9 @@ def test_overload_is_refused_fast_with_bounded_memory_and_nothing_lost(tmp_path:
         rss_after = _rss_bytes(server.process.pid)
         assert set(outcomes) <= {"ok", "refused"}, outcomes
         assert outcomes["refused"] > outcomes["ok"] > 0, outcomes  # far beyond what it can serve
-        assert sorted(refusal_s)[len(refusal_s) // 2] < 0.05  # refusals are fast (median)
+        # Refusals are fast: the median refusal takes less than half the median answered request
+        # (measured in the same run: no absolute speed, which differs between machines).
+        assert sorted(refusal_s)[len(refusal_s) // 2] < 0.5 * sorted(served_s)[len(served_s) // 2], (
+            sorted(refusal_s)[len(refusal_s) // 2], sorted(served_s)[len(served_s) // 2])
         assert server.successes("slow") >= outcomes["ok"]  # every admitted request was answered
         assert rss_after - rss_before < 64 * 2**20, (rss_before, rss_after)

@@ -21,7 +21,7 @@ from ..engine import Binding, ConfigLoad, Engine, ModelPlacement, ModelView, Mon
 from ..errors import MemoryFull
 from ..repository import file_hash
 from .explain import Context, explain_default, explain_planned, explain_unplaced, short
-from .explore import EVERY_S, Trial, pick_trial, start_trial, trial_over
+from .explore import DOUBTFUL_EVERY_S, EVERY_S, Trial, pick_trial, start_trial, trial_over
 from .learning import MIN_ROWS, Learned, learn, observed_candidates
 from .policies import (
     Candidate,
@@ -229,13 +229,16 @@ class Allocator:
         return result
 
     def _maybe_trial(self, learned: Learned, current: Placement, demand: dict[str, float], now: float) -> None:
-        """Start a trial of the most promising config never observed, at most one every EVERY_S."""
-        if now - self._last_trial < EVERY_S or self._stop.is_set():
+        """Start a trial of the most promising config never observed, at most one every EVERY_S
+        (DOUBTFUL_EVERY_S when its profile was measured disturbed)."""
+        if now - self._last_trial < DOUBTFUL_EVERY_S or self._stop.is_set():
             return
         picked = pick_trial(learned, current, demand, self._tried, now)
         if picked is None:
             return
         model, candidate = picked
+        if candidate.confident and now - self._last_trial < EVERY_S:
+            return
         memory = self.engine.memory()
         if memory.budget is not None and memory.used + candidate.memory_bytes > memory.budget:
             return  # a trial never evicts another model to make room for itself

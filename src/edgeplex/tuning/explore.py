@@ -7,7 +7,9 @@ promising config not yet observed — one whose believed cost per request is wit
 what the model runs now — gets ONE extra instance beside the model's own, for `trial_s` or
 until it has been observed enough. The model keeps all its instances meanwhile (the trial
 only adds one, pulling from the same queue), so no model is starved; then the planner decides
-with the observation. A config tried is not tried again for `retry_s`.
+with the observation. A config tried is not tried again for `retry_s`. A config whose profile was measured disturbed
+(low confidence) is tried sooner (`DOUBTFUL_EVERY_S`): what it is believed to deliver is the
+least trustworthy figure the planner has, and only observation settles it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .policies import Candidate
 
 TRIAL_S = 6.0
 EVERY_S = 20.0
+DOUBTFUL_EVERY_S = 8.0  # ... sooner when the config to try was profiled disturbed: its figure decides little
 RETRY_S = 300.0
 PROMISING = 0.6  # tried when its believed cost is at most 1/0.6 of the incumbent's
 

@@ -30,6 +30,7 @@ class Candidate:
     fidelity_loss: float = 0.0
     p99_ms: float = 0.0
     batch: int = 1  # the batch size `rate` was measured at
+    confident: bool = True  # False: its profile was measured disturbed on every attempt
 
     def __post_init__(self) -> None:
         if self.threads < 1 or not self.rate >= 0 or self.memory_bytes < 0:
@@ -84,7 +85,7 @@ def candidates_from_profiles(
     # The batcher is capped at the batch size that earned the rate: a model whose best rate is
     # at batch 1 is not batched (batching would add latency and no throughput).
     out = [Candidate(replace(c, max_batch=p.batch) if c.max_batch > 0 else c, p.throughput, tokens[c],
-                     p.memory_bytes, p.fidelity_loss, p.p99_ms, p.batch) for c, p in best.items()]
+                     p.memory_bytes, p.fidelity_loss, p.p99_ms, p.batch, p.confident) for c, p in best.items()]
     return sorted(out, key=lambda c: (-c.rate, c.config.label()))
 
 
