@@ -8,13 +8,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from models import add_model, write_config
 
 from edgeplex.backends import ExecutionConfig
 from edgeplex.engine import ConfigLoad, Engine, InferRequest, InstanceGroup, ManualClock, ModelPlacement
 from edgeplex.repository import file_hash
 from edgeplex.tuning.allocator import Allocator
-from edgeplex.tuning.explore import EVERY_S, pick_trial, start_trial
+from edgeplex.tuning.explore import DOUBTFUL_EVERY_S, EVERY_S, pick_trial, start_trial
 from edgeplex.tuning.learning import learn
 from edgeplex.tuning.policies import Candidate
 from edgeplex.tuning.profile import Profile
@@ -51,19 +52,22 @@ def test_a_hopeless_config_is_not_tried() -> None:
     assert pick_trial(learned, {"m": ModelPlacement("m", [InstanceGroup(SLOW, 1)])}, {"m": 5.0}, {}, now=0.0) is None
 
 
-def _store(tmp_path: Path, model_file: Path) -> ProfileStore:
+def _store(tmp_path: Path, model_file: Path, disturbed: bool = False) -> ProfileStore:
     """Profiles of the two paced configs, the fast one poisoned: measured on a busy machine at
     80 ms where it runs in 8, so the planner's first choice is the slow one (2 cores x 30 ms =
     60 core-ms a request, against a believed 80)."""
     store = ProfileStore(tmp_path / "profiles.sqlite")
     version = current_backend_versions(["paced"])["paced"]
     for config, ms in ((FAST, 80.0), (SLOW, 30.0)):
+        extra = {"confidence": "low", "attempts": 3} if disturbed and config == FAST else {}
         store.put(Profile("m", file_hash(model_file), config, 1, ms, ms * 1.2, 1000.0 / ms, 5_000_000, version,
-                          machine_id()))
+                          machine_id(), extra=extra))
     return store
 
 
-def test_a_poisoned_profile_is_recovered_by_a_trial_without_starving_the_model(tmp_path: Path, paced: None) -> None:
+@pytest.mark.parametrize("disturbed", [False, True], ids=["confident", "measured-disturbed"])
+def test_a_poisoned_profile_is_recovered_by_a_trial_without_starving_the_model(tmp_path: Path, paced: None,
+                                                                                disturbed: bool) -> None:
     model_file = add_model(tmp_path / "repo" / "m" / "1" / "model.onnx")
     write_config(tmp_path / "repo" / "m", max_batch_size=0)
     clock = ManualClock()
@@ -83,7 +87,7 @@ def test_a_poisoned_profile_is_recovered_by_a_trial_without_starving_the_model(t
 
     try:
         assert engine.load_all() == {}
-        allocator = Allocator(engine, "pareto", _store(tmp_path, model_file), profile_missing=False)
+        allocator = Allocator(engine, "pareto", _store(tmp_path, model_file, disturbed), profile_missing=False)
 
         def groups() -> list[tuple[ExecutionConfig, int]]:
             placement = engine.model("m").placement
@@ -102,8 +106,13 @@ def test_a_poisoned_profile_is_recovered_by_a_trial_without_starving_the_model(t
 
         settle()
         assert groups() == [(SLOW, 1)]  # observed as profiled: nothing to gain by switching
-        clock.advance(EVERY_S)
-        settle()  # the trial: one fast instance beside the slow one, on the same queue
+        # A figure measured disturbed is tried sooner: it decides little until observed.
+        clock.advance(DOUBTFUL_EVERY_S)
+        settle()
+        if not disturbed:
+            assert groups() == [(SLOW, 1)]  # a confident figure waits its turn
+            clock.advance(EVERY_S - DOUBTFUL_EVERY_S)
+            settle()  # the trial: one fast instance beside the slow one, on the same queue
         assert groups() == [(SLOW, 1), (FAST, 1)]
         settle()  # observed: 8 ms, not 80 ms; the plan switches to it
         assert groups() == [(FAST, 2)]
