@@ -11,8 +11,9 @@ from helpers import wait_for
 from models import add_model, slow_model, write_config
 
 from edgeplex.backends import ExecutionConfig
-from edgeplex.engine import Engine, InferRequest
+from edgeplex.engine import Engine, InferRequest, ManualClock
 from edgeplex.engine.placement import InstanceGroup, ModelPlacement
+from edgeplex.engine.registry import RESIDENCY_MAX_S
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
 
@@ -101,7 +102,11 @@ def _file_size(root: Path, name: str) -> int:
 
 def test_memory_budget_evicts_least_recently_used_and_reloads_on_request(tmp_path: Path) -> None:
     root = _budget_repo(tmp_path)
-    engine = Engine(root, cores=2)
+    # The engine's clock is stepped by hand: which model is least recently used, and whether its
+    # residency is paid back (a busy machine's slow load would protect it longer), are then the
+    # test's, not the machine's.
+    clock = ManualClock()
+    engine = Engine(root, cores=2, clock=clock)
     manager = engine.manager
     assert engine.load_all(["c"]) == {}
     c = manager.state("c").memory_bytes  # measured: weights, and what the runtime adds
@@ -114,8 +119,11 @@ def test_memory_budget_evicts_least_recently_used_and_reloads_on_request(tmp_pat
     assert manager.memory_used() == 20_000_000
     manager.memory_budget = 20_000_000 + c - 5_000_000  # three cannot stay; one eviction makes room
     x = np.ones((1, 512), np.float32)
+    clock.advance(1.0)
     engine.infer(InferRequest("a", {"x": x}))  # a is now more recent than b
+    clock.advance(1.0)
     engine.load("c")  # no room for three: b (least recently used) goes
+    clock.advance(RESIDENCY_MAX_S)  # every residency paid back: the least recently used goes next
     states = {s.name: s for s in engine.models()}
     assert states["b"].state == "UNAVAILABLE" and states["b"].evicted and "memory budget" in states["b"].reason
     assert states["a"].state == "READY" and states["c"].state == "READY"
