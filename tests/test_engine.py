@@ -420,3 +420,10 @@ def test_strict_readiness_waits_on_every_model_asked_to_load(engine: Engine) -> 
     assert "add" not in engine.not_ready()
     engine.load("add")
     assert "add" not in engine.not_ready()
+    # A load of a model the repository lacks is a 404, and never something readiness waits on.
+    with pytest.raises(ModelNotFound):
+        engine.load("typo")
+    assert "typo" not in engine.not_ready()
+    # A failed model's report says why it failed, and its config is its file's, not a placement.
+    (broken,) = [entry for entry in engine.placement_report() if entry["model"] == "broken"]
+    assert broken["explanation"]["summary"] == engine.model("broken").reason

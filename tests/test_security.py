@@ -180,6 +180,20 @@ def test_probes_answer_without_the_key_by_default_and_each_group_opens_alone(eng
         client.close()
 
 
+def test_open_health_says_ready_or_not_and_nothing_of_why(engine: Engine) -> None:
+    # Without the key, a probe learns the status and no model names or load errors (the log has them).
+    from edgeplex.server.http import build_app
+
+    app = build_app(engine, api_key=KEY, strict_readiness=True)  # the tiny repository's broken model
+    ready, broken, add = http_calls(app, [("GET", "/v2/health/ready", {}), ("GET", "/v2/models/broken/ready", {}),
+                                          ("GET", "/v2/models/add/ready", {})])
+    assert (ready.status_code, ready.json()) == (503, {"ready": False})  # type: ignore[attr-defined]
+    assert (broken.status_code, broken.json()) == (503, {"name": "broken", "ready": False})  # type: ignore[attr-defined]
+    assert (add.status_code, add.json()) == (200, {"name": "add", "ready": True})  # type: ignore[attr-defined]
+    (detailed,) = http_calls(build_app(engine, strict_readiness=True), [("GET", "/v2/health/ready", {})])
+    assert "broken" in detailed.json()["models"]  # type: ignore[attr-defined]  # no key: the reasons are shown
+
+
 def test_open_api_groups_are_checked() -> None:
     from edgeplex.config import Settings
 

@@ -137,10 +137,10 @@ class Engine:
         threads, instance count, batching and variant of its placement (`config_as_placed`)."""
         config = self.operator_config(name, version)
         try:
-            placement = self._manager.state(name).placement
+            view = self._manager.state(name).view()
         except EdgeplexError:  # never loaded: as its file says
             return config
-        return config_as_placed(config, placement)
+        return config_as_placed(config, view.placement) if view.servable else config
 
     def operator_config(self, name: str, version: str = "") -> ModelConfig:
         """The model's config as its file states it (completed from the model's signature)."""
@@ -260,12 +260,15 @@ class Engine:
         return failures
 
     def load(self, name: str) -> None:
+        self._manager.repository.source(name)  # 404 for a model the repository lacks: never waited on
         self._wanted.add(name)
         self._manager.load(name)
 
     def unload(self, name: str) -> None:
-        self._manager.unload(name)
-        self._wanted.discard(name)
+        try:
+            self._manager.unload(name)
+        finally:
+            self._wanted.discard(name)
 
     def apply(self, placement: ModelPlacement) -> None:
         """Run a model under a new placement (warm swap: nothing in flight is lost)."""
@@ -361,10 +364,10 @@ def _reload_wait_s(request: InferRequest) -> float:
 def _explanation(view: ModelView) -> Explanation:
     """The allocator's explanation of a model's placement, else what its state says."""
     placement = view.placement
-    if placement is not None and placement.explanation is not None:
-        return placement.explanation
     bound = tuple(view.binding.describe())
-    if placement is None or not view.servable:
+    if placement is None or not view.servable:  # failed or unloaded: why, not a placement that does not run
         return Explanation(view.reason or view.state.lower(), "default", bound)
+    if placement.explanation is not None:
+        return placement.explanation
     runs = " + ".join(f"{g.count}x {g.config.backend} t{g.config.threads}" for g in placement.groups)
     return Explanation(f"{runs}: {placement.reason or 'model config'}", "config", bound)

@@ -85,7 +85,7 @@ def config_as_placed(config: ModelConfig, placement: ModelPlacement | None) -> M
     batching = None
     if main.max_batch > 0 and config.max_batch_size > 0:
         batching = config.dynamic_batching or DynamicBatching(preferred_batch_size=[main.max_batch])
-    parameters = {**config.parameters, "variant": main.variant} if main.variant != "fp32" else config.parameters
+    parameters = {**config.parameters, "variant": main.variant}
     return config.model_copy(update={
         "backend": main.backend, "processor": main.processor, "threads": main.threads,
         "instance_count": sum(g.count for g in placement.groups), "dynamic_batching": batching,

@@ -131,9 +131,16 @@ def build_app(
     async def live(request: Request) -> Response:
         return json_response({"live": True})
 
+    # With an API key, health is answered without one (probes carry none): its bodies then say
+    # ready or not and nothing of why — model names and load errors stay behind the key (the log has them).
+    open_health = api_key is not None and "health" in open_apis
+
+    def readiness(document: dict[str, Any], keep: tuple[str, ...]) -> Response:
+        body = {k: v for k, v in document.items() if k in keep} if open_health else document
+        return json_response(body, 200 if document["ready"] else 503)
+
     async def ready(request: Request) -> Response:
-        document = server_readiness(engine, strict_readiness)
-        return json_response(document, 200 if document["ready"] else 503)
+        return readiness(server_readiness(engine, strict_readiness), ("ready",))
 
     async def metadata(request: Request) -> Response:
         return json_response(server_metadata())
@@ -147,8 +154,7 @@ def build_app(
 
     async def model_ready(request: Request) -> Response:
         # ModelNotFound (no such model, or no such version of a ready one) is answered 404
-        document = model_readiness(engine, request.path_params["model"], version_of(request))
-        return json_response(document, 200 if document["ready"] else 503)
+        return readiness(model_readiness(engine, request.path_params["model"], version_of(request)), ("name", "ready"))
 
     async def model_config(request: Request) -> Response:
         return json_response(model_config_document(engine, request.path_params["model"], version_of(request)))

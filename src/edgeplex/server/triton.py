@@ -80,7 +80,7 @@ def model_config_document(engine: Engine, name: str, version: str = "") -> dict[
         view = engine.model(name)
     except ModelNotFound:  # never loaded: the config is what its file says
         view = None
-    groups = view.placement.groups if view is not None and view.placement is not None else []
+    groups = view.placement.groups if view is not None and view.servable and view.placement is not None else []
     document = model_config_dict(running, groups)
     placement = " + ".join(f"{g.count}x {g.config.backend}/{g.config.processor}/{g.config.variant}/t{g.config.threads}"
                            + (f"/batch {g.config.max_batch}" if g.config.max_batch > 0 else "") for g in groups)

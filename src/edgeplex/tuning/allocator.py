@@ -18,7 +18,7 @@ from dataclasses import replace
 from ..backends import ExecutionConfig, available_backends
 from ..config import ModelConfig
 from ..engine import Binding, ConfigLoad, Engine, ModelPlacement, ModelView, Monitor, Placement
-from ..errors import MemoryFull
+from ..errors import EdgeplexError, MemoryFull
 from ..repository import file_hash
 from .explain import Context, explain_default, explain_planned, explain_unplaced, short
 from .explore import DOUBTFUL_EVERY_S, EVERY_S, Trial, pick_trial, start_trial, trial_over
@@ -332,7 +332,13 @@ class Allocator:
             def wanted(c: ExecutionConfig, b: int, binding: Binding | None = binding) -> bool:
                 return (binding is None or binding.allows(c)) and (select is None or select(c, b))
 
-            files = {v: f for v, f in self.engine.model_files(name).items() if v in known}
+            try:
+                files = {v: f for v, f in self.engine.model_files(name).items() if v in known}
+            except EdgeplexError as exc:  # its folder went away meanwhile: the other models go on
+                log.info("not profiling %s: %s", name, exc.message)
+                continue
+            if "fp32" not in files:
+                continue
             measured = [0]
 
             def count(step: Step, measured: list[int] = measured) -> None:
