@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from models import build_tiny_repository  # noqa: E402
-from standins import broken, paced  # noqa: E402, F401 - fixtures for every test module
+from standins import broken, fake, paced  # noqa: E402, F401 - fixtures for every test module
 
 from edgeplex.engine import Engine  # noqa: E402
 

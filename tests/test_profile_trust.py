@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from models import slow_model
-from test_profiler import CountingBackend
+from standins import CountingBackend
 
-import edgeplex.backends as backends
 from edgeplex.backends import ExecutionConfig, get_backend
 from edgeplex.config import ModelConfig, TensorSpec
 from edgeplex.tuning.profile import Profile
@@ -73,14 +72,6 @@ def slow(tmp_path: Path) -> tuple[Path, ModelConfig]:
     path = slow_model(tmp_path / "slow" / "1" / "model.onnx", size=256, layers=24)
     config = ModelConfig(name="slow", max_batch_size=0, inputs=[TensorSpec(name="x", datatype="FP32", dims=[1, 256])])
     return path, config
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> CountingBackend:
-    backend = CountingBackend()
-    monkeypatch.setitem(backends._BACKENDS, backend.name, backend)
-    monkeypatch.setattr(backends.base, "_primed", set())
-    return backend
 
 
 def _measure_slow(path: Path) -> Measurement:

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from models import add_model
+from standins import CountingBackend
 
 import edgeplex.backends as backends
 from edgeplex.backends import ExecutionConfig, available_backends
-from edgeplex.backends.onnxruntime import OnnxRuntimeBackend
 from edgeplex.config import ModelConfig, TensorSpec
-from edgeplex.errors import BackendError
 from edgeplex.repository import Repository
 from edgeplex.tuning.cli import add_profile_parser
 from edgeplex.tuning.profile import Profile
@@ -29,58 +27,6 @@ from edgeplex.tuning.profiler import (
     profile_model,
 )
 from edgeplex.tuning.store import ProfileStore, file_hash, machine_id
-
-
-class FakeSession:
-    def __init__(self, inner: object, fail: bool) -> None:
-        self.inner, self.fail = inner, fail
-
-    @property
-    def memory_bytes(self) -> int:
-        return 1000
-
-    def run(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        if self.fail:
-            raise BackendError("fake: run failed")
-        return self.inner.run(inputs, outputs)  # type: ignore[attr-defined, no-any-return]
-
-    def close(self) -> None:
-        self.inner.close()  # type: ignore[attr-defined]
-
-
-class CountingBackend:
-    """ONNX Runtime underneath; counts opens and fails on request."""
-
-    def __init__(self, name: str = "counting", processors: Sequence[str] = ("cpu",), fail_open: int = 0,
-                 fail_run: int = 0) -> None:
-        self.name, self._processors = name, list(processors)
-        self.fail_open, self.fail_run = fail_open, fail_run
-        self.opens = 0
-        self.inner = OnnxRuntimeBackend()
-
-    def available(self) -> bool:
-        return True
-
-    def version(self) -> str:
-        return "fake-1"
-
-    def processors(self) -> list[str]:
-        return self._processors
-
-    def open(self, model_path: Path, config: ExecutionConfig) -> FakeSession:
-        self.opens += 1
-        if config.threads == self.fail_open:
-            raise BackendError(f"fake: cannot open with {config.threads} threads")
-        session = self.inner.open(model_path, replace(config, backend="onnxruntime", processor="cpu"))
-        return FakeSession(session, config.threads == self.fail_run)
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> CountingBackend:
-    backend = CountingBackend()
-    monkeypatch.setitem(backends._BACKENDS, backend.name, backend)
-    monkeypatch.setattr(backends.base, "_primed", set())
-    return backend
 
 
 def attempts(profiles: Iterable[Profile]) -> int:

@@ -76,7 +76,9 @@ def write(out_dir: Path, name: str, result: dict[str, Any], markdown: str) -> Pa
     path.write_text(json.dumps(recorded, indent=2) + "\n")
     images = draw(out_dir, name, result)
     m = recorded["machine"]
-    footer = (f"\n\nMeasured {m['date']} on {m['cpu']} ({m['cores']} cores, {m['memory_gib']} GiB), Python "
+    flags = ", ".join(m.get("vector_flags") or []) or "none of " + ", ".join(VECTOR_FLAGS)
+    footer = (f"\n\nMeasured {m['date']} on {m['cpu']} (vector flags: {flags}; {m['cores']} cores, "
+              f"{m['memory_gib']} GiB), Python "
               f"{m['python']}, " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + f". Data: `{name}.json`.")
     body = markdown.rstrip() + ("\n\n" + "\n\n".join(images) if images else "") + footer
     (out_dir / f"{name}.md").write_text(body + "\n")

@@ -137,13 +137,7 @@ def _download_wheel(wheel_dir: Path) -> Path:
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--platform",
                WHEEL_PLATFORM, "--python-version", python_version(), "--dest", str(wheel_dir),
                "--disable-pip-version-check", "--no-input", f"nvidia-pytriton=={PYTRITON_VERSION}"]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=900)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise TritonUnavailable(f"pip download of nvidia-pytriton failed: {exc}") from exc
-    if done.returncode != 0:
-        raise TritonUnavailable(f"pip download of nvidia-pytriton failed (exit {done.returncode}):\n"
-                                f"{output_tail(done.stderr or done.stdout)}")
+    _run(command, "pip download of nvidia-pytriton failed")
     found = sorted(wheel_dir.glob(f"{WHEEL_PREFIX}*.whl"))
     if not found:
         raise TritonUnavailable(f"pip download left no {WHEEL_PREFIX}*.whl in {wheel_dir}")
@@ -194,13 +188,7 @@ def _make_stub_env(env: Path) -> None:
     for command in ([sys.executable, "-m", "venv", str(scratch)],
                     [str(scratch / "bin" / "python3"), "-m", "pip", "install", "--disable-pip-version-check",
                      "--no-input", "--quiet", *requirements]):
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=900)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise TritonUnavailable(f"making the stub's virtualenv failed: {exc}") from exc
-        if done.returncode != 0:
-            raise TritonUnavailable(f"making the stub's virtualenv failed ({' '.join(command[-3:])}, exit "
-                                    f"{done.returncode}):\n{output_tail(done.stderr or done.stdout)}")
+        _run(command, f"making the stub's virtualenv failed ({' '.join(command[-3:])})")
     shutil.rmtree(env, ignore_errors=True)
     os.replace(scratch, env)
 
@@ -306,3 +294,14 @@ def _stop(server: ServerProcess, timeout: float) -> None:
             os.killpg(server.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def _run(command: list[str], failure: str) -> None:
+    """Run a set-up command (pip, venv); TritonUnavailable with `failure`, the exit status and the
+    output's tail when it does not succeed."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise TritonUnavailable(f"{failure}: {exc}") from exc
+    if done.returncode != 0:
+        raise TritonUnavailable(f"{failure} (exit {done.returncode}):\n{output_tail(done.stderr or done.stdout)}")

@@ -322,8 +322,9 @@ class Allocator:
         for name, config in configs.items():
             if self._stop.is_set():
                 return
-            known = {v for v, (_, loss) in self._variants(name).items() if loss <= config.max_fidelity_loss}
-            for digest, _ in (self._variants(name)[v] for v in known):
+            variants = self._variants(name)
+            known = {v for v, (_, loss) in variants.items() if loss <= config.max_fidelity_loss}
+            for digest, _ in (variants[v] for v in known):
                 for stored in self.store.for_model(digest, backend_versions=versions):
                     if (name, replace(stored.config, max_batch=0)) in refuted:
                         self.store.discard(stored)

@@ -148,5 +148,4 @@ def _why_not(base: ExecutionConfig, measured: list[Profile], config: ModelConfig
     if best is None:
         return 0.0, f"{_core_ms(usable):.1f} core-ms per request"
     mb = f", {usable.memory_bytes / 1e6:.0f} MB" if usable.memory_bytes else ""
-    return (0.0 + _core_ms(usable) / 1e6,
-            f"{_core_ms(usable):.1f} core-ms per request vs {_core_ms(best):.1f}{mb}")
+    return _core_ms(usable) / 1e6, f"{_core_ms(usable):.1f} core-ms per request vs {_core_ms(best):.1f}{mb}"
