@@ -744,3 +744,67 @@ def test_full_queue_is_429_with_retry_after_and_nothing_queued_is_lost(engine: E
     assert all(f.result(30).outputs["y2"] == 7 for f in queued)
     assert runner.stats.rejected == 1
     assert metric_samples(http)[("edgeplex_inference_request_rejected", "fixed")] == 1
+
+
+# -- JSON coding off the event loop --------------------------------------------------------------
+
+
+def _recording(function: Any, threads: list[str]) -> Any:
+    """`function`, noting the name of the thread each call runs on."""
+
+    def call(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return function(*args)
+
+    return call
+
+
+def test_large_json_is_coded_off_the_event_loop(http: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request whose JSON passes OFFLOAD_JSON_BYTES is decoded on the codec thread, and one whose
+    JSON outputs pass OFFLOAD_JSON_ELEMENTS is encoded there; smaller ones stay on the loop.
+    Either way the answer is the same."""
+    import edgeplex.server.http as http_module
+
+    decoded_on: list[str] = []
+    encoded_on: list[str] = []
+    monkeypatch.setattr(http_module, "decode_request", _recording(http_module.decode_request, decoded_on))
+    monkeypatch.setattr(http_module, "encode_response", _recording(http_module.encode_response, encoded_on))
+
+    def infer(document: dict[str, Any]) -> dict[str, Any]:
+        response = http.post("/v2/models/add/infer", content=json.dumps(document))
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    monkeypatch.setattr(http_module, "OFFLOAD_JSON_BYTES", 4096)  # the module's server takes 64 KiB at most
+    small = infer(ADD_DOC)
+    large_id = "x" * 4096  # the JSON alone passes the threshold
+    large = infer({**ADD_DOC, "id": large_id})
+    assert large["id"] == large_id
+    assert large["outputs"] == small["outputs"]
+    assert decoded_on[0] == "http-test-server" and decoded_on[1].startswith("edgeplex-codec")
+    assert encoded_on == ["http-test-server", "http-test-server"]  # 8 JSON elements out: on the loop
+
+    monkeypatch.setattr(http_module, "OFFLOAD_JSON_ELEMENTS", 8)  # the add model's 2 x 4 outputs
+    assert infer(ADD_DOC)["outputs"] == small["outputs"]
+    assert encoded_on[-1].startswith("edgeplex-codec")
+
+
+def test_large_gzip_body_is_inflated_off_the_event_loop(http: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgeplex.server.http as http_module
+
+    inflated_on: list[str] = []
+    monkeypatch.setattr(http_module, "_decompress", _recording(http_module._decompress, inflated_on))
+    monkeypatch.setattr(http_module, "OFFLOAD_JSON_BYTES", 16)
+    body = gzip.compress(json.dumps(ADD_DOC).encode())
+    response = http.post("/v2/models/add/infer", content=body, headers={"content-encoding": "gzip"})
+    assert response.status_code == 200, response.text
+    assert inflated_on and inflated_on[0].startswith("edgeplex-codec")
+
+
+def test_binary_output_of_a_non_contiguous_result_is_exact(client: httpclient.InferenceServerClient) -> None:
+    """Binary outputs are joined from views of the arrays (one copy): the bytes must still be the
+    tensor's, in row-major order."""
+    x = random_x(5, seed=7)
+    result = client.infer("add", [tensor("x", x, "FP32")], outputs=[output("z"), output("y")])
+    np.testing.assert_array_equal(result.as_numpy("y"), x + x)
+    np.testing.assert_array_equal(result.as_numpy("z"), x * np.float32(3))

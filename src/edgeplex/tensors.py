@@ -107,6 +107,16 @@ def to_raw(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array).tobytes()
 
 
+def raw_buffer(array: np.ndarray) -> memoryview | bytes:
+    """A tensor's binary-extension bytes without a copy where it can: a C-contiguous numeric array
+    is viewed, not copied (the reply that joins it copies it once); BYTES are serialised."""
+    if array.dtype.kind in ("S", "U", "O"):
+        return _serialize_bytes(array)
+    if array.size == 0:
+        return b""
+    return np.ascontiguousarray(array).data.cast("B")
+
+
 def _serialize_bytes(array: np.ndarray) -> bytes:
     parts: list[bytes] = []
     for item in array.reshape(-1):

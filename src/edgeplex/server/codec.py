@@ -4,12 +4,20 @@
     header `Inference-Header-Content-Length` = length of the JSON header when binary data follows
 
 Every malformed part raises InvalidInput naming the field, so the HTTP adapter answers 400.
+
+JSON tensors are costly to code (a Python object per element); past `OFFLOAD_JSON_BYTES` of JSON
+in, or `OFFLOAD_JSON_ELEMENTS` elements out, the adapter codes them on the `off_loop` thread, so
+one large JSON request does not stall the event loop that serves binary and gRPC traffic.
+Below those sizes the thread hop costs more than it saves.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -22,12 +30,35 @@ from ..tensors import (
     from_list,
     from_raw,
     numpy_dtype,
+    raw_buffer,
     to_list,
-    to_raw,
     v2_datatype,
 )
 
 HEADER_LENGTH = "inference-header-content-length"
+OFFLOAD_JSON_BYTES = 64 * 1024
+OFFLOAD_JSON_ELEMENTS = 16 * 1024
+
+# One thread: coding holds the GIL, so more would not run at once; what it frees is the loop,
+# which the interpreter switches back to every switch interval instead of after the whole body.
+_CODER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeplex-codec")
+Result = TypeVar("Result")
+
+
+async def off_loop(function: Callable[..., Result], *args: Any) -> Result:
+    """`function(*args)` on the codec thread, awaited without blocking the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(_CODER, function, *args)
+
+
+def json_bytes(body_length: int, header_length: int | None) -> int:
+    """How much of a body is JSON (the whole of it without the binary extension's header)."""
+    return body_length if header_length is None else header_length
+
+
+def json_output_elements(response: InferResponse, decoded: DecodedRequest) -> int:
+    """Elements of the response that go out as JSON lists, not binary."""
+    return sum(array.size for name, array in response.outputs.items()
+               if not decoded.binary_outputs.get(name, decoded.binary_default))
 
 
 @dataclass
@@ -147,11 +178,11 @@ def decode_request(model: str, version: str, body: bytes, header_length: int | N
 def encode_response(response: InferResponse, decoded: DecodedRequest) -> tuple[bytes, dict[str, str]]:
     """The response body and headers; binary outputs follow the JSON header."""
     outputs: list[dict[str, Any]] = []
-    chunks: list[bytes] = []
+    chunks: list[memoryview | bytes] = []  # views: the join below is the one copy of each tensor
     for name, array in response.outputs.items():
         entry: dict[str, Any] = {"name": name, "datatype": v2_datatype(array.dtype), "shape": list(array.shape)}
         if decoded.binary_outputs.get(name, decoded.binary_default):
-            raw = to_raw(array)
+            raw = raw_buffer(array)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:

@@ -28,7 +28,7 @@ from ..tensors import (
     check_shape,
     element_count,
     from_raw,
-    to_raw,
+    raw_buffer,
     v2_datatype,
 )
 from . import triton
@@ -158,11 +158,11 @@ def encode_response(response: InferResponse, requested: list[str] | None = None)
     tritonclient reads them), each tensor copied once, straight into the reply."""
     names = requested or list(response.outputs)
     message = ModelInferResponse(model_name=response.model_name, model_version=response.model_version, id=response.id)
-    raws: list[np.ndarray | bytes] = []
+    raws: list[memoryview | bytes] = []
     for name in names:
         array = response.outputs[name]
         message.outputs.add(name=name, datatype=v2_datatype(array.dtype), shape=list(array.shape))
-        raws.append(to_raw(array) if array.dtype.kind in ("S", "U", "O") else array)
+        raws.append(raw_buffer(array))
     for key, value in response.parameters.items():
         _set_param(message.parameters[key], value)
     return serialize_infer_response(message, raws)

@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2
 
 from ..errors import InvalidInput
+from ..tensors import raw_buffer
 
 RAW_INPUT_CONTENTS = 7  # ModelInferRequest.raw_input_contents
 RAW_OUTPUT_CONTENTS = 6  # ModelInferResponse.raw_output_contents
@@ -80,11 +81,11 @@ def parse_infer_request(data: bytes) -> WireInferRequest:
     return WireInferRequest(message, raws)
 
 
-def serialize_infer_response(message: Any, raw_outputs: Sequence[np.ndarray | bytes]) -> bytes:
+def serialize_infer_response(message: Any, raw_outputs: Sequence[np.ndarray | memoryview | bytes]) -> bytes:
     """`message` (a ModelInferResponse without raw contents) plus the raw tensors, in order."""
     parts: list[Any] = [message.SerializeToString()]
     for raw in raw_outputs:
-        payload = _byte_view(raw) if isinstance(raw, np.ndarray) else raw
+        payload = raw_buffer(raw) if isinstance(raw, np.ndarray) else raw
         parts.append(_field_header(RAW_OUTPUT_CONTENTS, len(payload)))
         parts.append(payload)
     return b"".join(parts)
@@ -98,13 +99,6 @@ def serialize_stream_response(infer_response: bytes, error_message: str = "") ->
         parts += [_field_header(STREAM_ERROR_MESSAGE, len(text)), text]
     parts += [_field_header(STREAM_INFER_RESPONSE, len(infer_response)), infer_response]
     return b"".join(parts)
-
-
-def _byte_view(array: np.ndarray) -> memoryview | bytes:
-    """The array's bytes without a copy (a copy only if it is not C-contiguous)."""
-    if array.size == 0:
-        return b""
-    return np.ascontiguousarray(array).data.cast("B")
 
 
 def _field_header(field: int, length: int) -> bytes:

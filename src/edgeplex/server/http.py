@@ -29,8 +29,13 @@ from ..tensors import DEFAULT_MAX_ELEMENTS
 from .auth import ApiKeyMiddleware
 from .codec import (
     HEADER_LENGTH,
+    OFFLOAD_JSON_BYTES,
+    OFFLOAD_JSON_ELEMENTS,
     decode_request,
     encode_response,
+    json_bytes,
+    json_output_elements,
+    off_loop,
     parse_header_length,
     parse_json_object,
 )
@@ -123,7 +128,10 @@ def build_app(
         body = b"".join(chunks)
         encoding = request.headers.get("content-encoding", "identity").lower()
         if encoding in ("gzip", "deflate"):
-            body = _decompress(body, encoding, max_body_bytes)
+            if len(body) >= OFFLOAD_JSON_BYTES:
+                body = await off_loop(_decompress, body, encoding, max_body_bytes)
+            else:
+                body = _decompress(body, encoding, max_body_bytes)
         elif encoding != "identity":
             raise InvalidInput(f"unsupported Content-Encoding '{encoding}' (use gzip, deflate or none)")
         return body
@@ -166,10 +174,16 @@ def build_app(
     async def infer(request: Request) -> Response:
         body = await read_body(request)
         header_length = parse_header_length(request.headers.get(HEADER_LENGTH), len(body))
-        decoded = decode_request(request.path_params["model"], version_of(request), body, header_length,
-                                 max_tensor_elements)
+        args = (request.path_params["model"], version_of(request), body, header_length, max_tensor_elements)
+        if json_bytes(len(body), header_length) >= OFFLOAD_JSON_BYTES:
+            decoded = await off_loop(decode_request, *args)
+        else:
+            decoded = decode_request(*args)
         response = await engine.infer_async(decoded.request)
-        content, headers = encode_response(response, decoded)
+        if json_output_elements(response, decoded) >= OFFLOAD_JSON_ELEMENTS:
+            content, headers = await off_loop(encode_response, response, decoded)
+        else:
+            content, headers = encode_response(response, decoded)
         return Response(content, headers=headers)
 
     async def index(request: Request) -> Response:
