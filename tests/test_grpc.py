@@ -215,6 +215,32 @@ def test_priority_and_timeout_pass_through(client: grpcclient.InferenceServerCli
         decode_request(request)
 
 
+def test_large_typed_contents_are_decoded_off_the_event_loop(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Typed contents past OFFLOAD_TYPED_BYTES are decoded on the codec thread; raw tensors of any
+    size, and small typed ones, on the loop. The answers are the same either way."""
+    import edgeplex.server.grpc as grpc_module
+
+    decoded_on: list[str] = []
+    original = grpc_module.decode_request
+
+    def recording(*args: Any) -> Any:
+        decoded_on.append(threading.current_thread().name)
+        return original(*args)
+
+    monkeypatch.setattr(grpc_module, "decode_request", recording)
+    monkeypatch.setattr(grpc_module, "OFFLOAD_TYPED_BYTES", 32)
+    typed = service_pb2.ModelInferRequest(model_name="add", id="x" * 40)
+    typed.inputs.add(name="x", datatype="FP32", shape=[1, 4]).contents.fp32_contents.extend([1, 2, 3, 4])
+    raw = raw_request("add", [("x", "FP32", [1, 4])], [np.array([1, 2, 3, 4], np.float32).tobytes()])
+    raw.id = "x" * 40
+    for request in (typed, raw):
+        response = stub.ModelInfer(request)
+        np.testing.assert_array_equal(np.frombuffer(response.raw_output_contents[0], dtype=np.float32), [2, 4, 6, 8])
+    assert decoded_on[0].startswith("edgeplex-codec") and decoded_on[1] == "grpc-test-loop"
+
+
 def test_typed_contents(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
     request = service_pb2.ModelInferRequest(model_name="add", id="typed")
     request.inputs.add(name="x", datatype="FP32", shape=[1, 4]).contents.fp32_contents.extend([1, 2, 3, 4])

@@ -6,18 +6,15 @@
 Every malformed part raises InvalidInput naming the field, so the HTTP adapter answers 400.
 
 JSON tensors are costly to code (a Python object per element); past `OFFLOAD_JSON_BYTES` of JSON
-in, or `OFFLOAD_JSON_ELEMENTS` elements out, the adapter codes them on the `off_loop` thread, so
+in, or `OFFLOAD_JSON_ELEMENTS` elements out, the adapter codes them `off_loop` (offload.py), so
 one large JSON request does not stall the event loop that serves binary and gRPC traffic.
 Below those sizes the thread hop costs more than it saves.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import orjson
@@ -38,16 +35,6 @@ from ..tensors import (
 HEADER_LENGTH = "inference-header-content-length"
 OFFLOAD_JSON_BYTES = 64 * 1024
 OFFLOAD_JSON_ELEMENTS = 16 * 1024
-
-# One thread: coding holds the GIL, so more would not run at once; what it frees is the loop,
-# which the interpreter switches back to every switch interval instead of after the whole body.
-_CODER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeplex-codec")
-Result = TypeVar("Result")
-
-
-async def off_loop(function: Callable[..., Result], *args: Any) -> Result:
-    """`function(*args)` on the codec thread, awaited without blocking the event loop."""
-    return await asyncio.get_running_loop().run_in_executor(_CODER, function, *args)
 
 
 def json_bytes(body_length: int, header_length: int | None) -> int:

@@ -34,6 +34,7 @@ from ..tensors import (
 from . import triton
 from .auth import ApiKeyInterceptor
 from .grpc_wire import parse_infer_request, serialize_infer_response, serialize_stream_response
+from .offload import off_loop
 from .ports import check_bindable
 from .triton import REPOSITORY_API_OFF
 
@@ -54,6 +55,8 @@ CONTENTS_FIELD: dict[str, str] = {
     "BYTES": "bytes_contents",
 }
 ALL_CONTENTS_FIELDS = frozenset(CONTENTS_FIELD.values())
+# Typed (non-raw) tensors past this size are decoded on the codec thread, not the event loop.
+OFFLOAD_TYPED_BYTES = 64 * 1024
 # Requests of one stream computed at once; beyond it the stream stops reading (backpressure).
 STREAM_WINDOW = 64
 
@@ -322,7 +325,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             return serialize_stream_response(echo.SerializeToString(), message)
 
     async def _infer(self, data: bytes) -> bytes:
-        decoded = decode_request(parse_infer_request(data), self.max_tensor_elements)
+        parsed = parse_infer_request(data)
+        if len(data) >= OFFLOAD_TYPED_BYTES and not parsed.raw_input_contents:  # typed contents: costly
+            decoded = await off_loop(decode_request, parsed, self.max_tensor_elements)
+        else:
+            decoded = decode_request(parsed, self.max_tensor_elements)
         response = await self.engine.infer_async(decoded)
         return encode_response(response, decoded.outputs)
 

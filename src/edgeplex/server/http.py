@@ -35,12 +35,12 @@ from .codec import (
     encode_response,
     json_bytes,
     json_output_elements,
-    off_loop,
     parse_header_length,
     parse_json_object,
 )
 from .dashboard import ASSETS, STATIC_DIR, FrontsSource, dashboard_document, no_fronts, plotly_js
 from .metrics import metrics_registry
+from .offload import off_loop
 from .openapi import OPENAPI_PATH, openapi_document
 from .triton import (
     REPOSITORY_API_OFF,
