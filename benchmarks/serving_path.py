@@ -7,7 +7,8 @@ instances: `--policy config`, so the placement is fixed), each with its CPU:
 2. transport: edgeplex's gRPC servicer whose ModelInfer answers a reply prepared in advance
    (no engine), driven by Triton's perf_analyzer: the ceiling of the Python gRPC transport;
 3. server: the real `edgeplex serve`, driven by perf_analyzer, with the CPU of its event-loop
-   thread (the process's main thread) apart from the rest (executor threads, gRPC's poller).
+   thread (the process's main thread) and of its executor threads (named after their model at
+   the OS level) apart from the rest (gRPC's poller, the control path).
 
 Usage: python benchmarks/serving_path.py [--rounds 2] [--measurement-ms 3000]
 Prints a table; nothing is recorded (the figures go into benchmarks/README.md by hand).
@@ -85,16 +86,17 @@ def engine_alone(repo: Path, model: str, concurrency: int, seconds: float) -> di
     return {"rate": count / elapsed, "cpu_ms": cpu / count * 1e3, "cores": cpu / elapsed}
 
 
-def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds of each thread of `pid`."""
+def thread_cpu(pid: int) -> dict[tuple[int, str], float]:
+    """CPU seconds of each thread of `pid`, by (thread id, OS name: executors carry their model's)."""
     ticks = os.sysconf("SC_CLK_TCK")
-    seconds: dict[int, float] = {}
+    seconds: dict[tuple[int, str], float] = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
         except OSError:
             continue
-        seconds[int(tid)] = (int(fields[11]) + int(fields[12])) / ticks
+        name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat.rsplit(")", 1)[1].split()
+        seconds[(int(tid), name)] = (int(fields[11]) + int(fields[12])) / ticks
     return seconds
 
 
@@ -105,10 +107,13 @@ def perf(pid: int, model: str, grpc_url: str, concurrency: int, measurement_ms: 
     result = analyzer.run(model, grpc_url, "grpc", concurrency, measurement_ms, shape=SHAPES.get(model),
                           stability_percentage=30, max_trials=5)
     after, elapsed = thread_cpu(pid), time.monotonic() - started
-    used = {tid: after[tid] - before.get(tid, 0.0) for tid in after}
+    used = {key: after[key] - before.get(key, 0.0) for key in after}
     requests = result.throughput * elapsed  # perf_analyzer's rate over the whole run, warm-up windows included
+    loop = sum(cpu for (tid, _), cpu in used.items() if tid == pid)
+    executors = sum(cpu for (_, name), cpu in used.items() if name.startswith(f"{model}-"))
     return {"rate": result.throughput, "p50_ms": result.p50_ms, "cpu_ms": sum(used.values()) / requests * 1e3,
-            "loop_ms": used.get(pid, 0.0) / requests * 1e3, "cores": sum(used.values()) / elapsed}
+            "loop_ms": loop / requests * 1e3, "executor_ms": executors / requests * 1e3,
+            "cores": sum(used.values()) / elapsed}
 
 
 TRANSPORT_ONLY = """
@@ -186,13 +191,15 @@ def main() -> int:
                         rows.append((case, name, measure(repo, model, concurrency, args.measurement_ms)))
                     except PerfAnalyzerError as exc:
                         rows.append((case, name, {"error": str(exc).splitlines()[0]}))
-    print(f"{'case':<14} {'path':<10} {'req/s':>8} {'p50 ms':>7} {'CPU ms/req':>10} {'loop ms/req':>11} {'cores':>6}")
+    print(f"{'case':<14} {'path':<10} {'req/s':>8} {'p50 ms':>7} {'CPU ms/req':>10} {'loop ms/req':>11} "
+          f"{'executors':>9} {'cores':>6}")
     for case, name, row in rows:
         if "error" in row:
             print(f"{case:<14} {name:<10} {row['error']}")
             continue
         print(f"{case:<14} {name:<10} {row['rate']:8.0f} {row.get('p50_ms', float('nan')):7.1f} "
-              f"{row['cpu_ms']:10.3f} {row.get('loop_ms', float('nan')):11.3f} {row['cores']:6.2f}")
+              f"{row['cpu_ms']:10.3f} {row.get('loop_ms', float('nan')):11.3f} "
+              f"{row.get('executor_ms', float('nan')):9.3f} {row['cores']:6.2f}")
     return 0
 
 

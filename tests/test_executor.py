@@ -327,3 +327,16 @@ def test_reservations_never_close_the_last_core_to_lower_levels() -> None:
     low = pool.acquire(1, priority=5)  # granted at once: at most capacity - 1 are reserved
     assert pool.in_use == 1
     pool.release(low)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread names are read from Linux's /proc")
+def test_executor_threads_carry_their_model_in_the_os_thread_name(engine: Engine) -> None:
+    """`top -H` and /proc name the model a busy executor thread serves."""
+    executors = [t for t in threading.enumerate() if t.name.startswith("edgeplex-add-")]
+    assert executors
+    deadline = time.monotonic() + 5
+    for thread in executors:
+        comm = Path(f"/proc/self/task/{thread.native_id}/comm")
+        while comm.read_text().strip() != thread.name.removeprefix("edgeplex-")[:15]:
+            assert time.monotonic() < deadline, f"{thread.name} is named {comm.read_text().strip()!r} by the OS"
+            time.sleep(0.01)

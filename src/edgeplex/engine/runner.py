@@ -26,6 +26,7 @@ from .processors import CPU, Processors
 from .request import InferRequest, InferResponse
 from .scheduler import DISCIPLINES, Discipline, Job, RequestQueue
 from .stats import ConfigCounters, ModelStats
+from .thread_names import name_current_thread
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,7 @@ class ModelRunner:
 
     def _serve(self, worker: _Worker) -> None:
         instance = worker.instance
+        name_current_thread(worker.thread.name.removeprefix("edgeplex-"))  # e.g. ppocr_cls-1-2 in top -H
         policy = BatchPolicy.of(self.config, instance.config.max_batch)
         if self.order.fair_share:  # priority scheduling: the OS favours higher levels too
             lower_os_priority(self.config.priority)
