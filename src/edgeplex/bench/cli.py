@@ -68,6 +68,16 @@ def add_bench_parser(commands: Any) -> None:
                       help="pareto's profile store: the solo profiles, an empty one (a cold start), or profiles "
                            "measured while two CPU hogs ran")
     peer.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    serve = scenario.add_parser("serving", help="perf_analyzer against Triton configured by hand and edgeplex serve")
+    serve.add_argument("--rounds", type=int, default=2, help="alternations of the servers")
+    serve.add_argument("--measurement-ms", type=int, default=3000, help="perf_analyzer's measurement window")
+    serve.add_argument("--cases", nargs="+", default=None, metavar="CASE",
+                       help="a subset of the cases: ppocr_cls-grpc-c4 ppocr_cls-grpc-c16 ppocr_cls-http-c4 "
+                            "yolov8n-grpc-c4 identity-grpc-c16 (default: all)")
+    serve.add_argument("--cores", type=int, default=None, help="cores for edgeplex (default: all)")
+    serve.add_argument("--edgeplex-policies", nargs="+", default=["pareto"], choices=["pareto", "config"],
+                       help="edgeplex policies to run (config: instance_count 2, 1 thread, as Triton's hand config)")
+    serve.add_argument("--out", type=Path, default=DEFAULT_OUT)
     bench.set_defaults(func=run_bench)
 
 
@@ -99,6 +109,22 @@ def run_bench(args: argparse.Namespace) -> int:
                                 args.settle, args.cores, start=args.start)
         except TritonUnavailable as exc:
             print(f"edgeplex bench peer: Triton is not available here: {exc}", file=sys.stderr)
+            return 1
+    elif args.scenario == "serving":
+        from .serving import CASE_NAMES, CASES, serving
+        from .triton_peer import TritonUnavailable
+
+        unknown = sorted(set(args.cases or ()) - set(CASE_NAMES))
+        if unknown:
+            print(f"edgeplex bench serving: unknown case(s) {', '.join(unknown)} (known: {', '.join(CASE_NAMES)})",
+                  file=sys.stderr)
+            return 2
+        try:
+            result, text = serving(args.rounds, args.measurement_ms,
+                                   [c for c in CASES if args.cases is None or c.name in args.cases], args.cores,
+                                   tuple(args.edgeplex_policies))
+        except TritonUnavailable as exc:
+            print(f"edgeplex bench serving: Triton is not available here: {exc}", file=sys.stderr)
             return 1
     elif args.scenario == "multitenancy":
         result, text = scenarios.multitenancy(args.requests, args.rounds, args.cores)
