@@ -108,3 +108,33 @@ def test_ports_name_other_bind_failures() -> None:
     check_bindable("gRPC", HOST, 0)  # any free port: nothing to check
     with bind_http_socket(HOST, 0) as sock:
         assert sock.getsockname()[0] == HOST
+
+
+def test_http_connections_are_served_without_nagle_delays() -> None:
+    """The HTTP socket edgeplex binds itself must leave asyncio able to set TCP_NODELAY on every
+    connection it accepts (asyncio does so only for sockets that say IPPROTO_TCP): without it,
+    every request after the first on a keep-alive connection waited ~40 ms for a delayed ACK."""
+    from edgeplex.server.ports import bind_http_socket
+
+    async def accepted_nodelay() -> int:
+        loop = asyncio.get_running_loop()
+        nodelay: asyncio.Future[int] = loop.create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                sock = transport.get_extra_info("socket")
+                nodelay.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        listening = bind_http_socket("127.0.0.1", 0)
+        server = await loop.create_server(Probe, sock=listening)
+        port = listening.getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            return await asyncio.wait_for(nodelay, 10)
+        finally:
+            writer.close()
+            server.close()
+            await server.wait_closed()
+
+    assert asyncio.run(accepted_nodelay()) != 0

@@ -26,7 +26,9 @@ def bind_http_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket on host:port, bound as uvicorn binds its own (IPv6 when the host has
     a ':', SO_REUSEADDR), to hand to `uvicorn.Server.serve(sockets=[...])`; StartupError if not."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, not left 0: asyncio sets TCP_NODELAY only on connections whose socket
+    # says TCP, and without it every keep-alive request waited ~40 ms (Nagle + delayed ACK).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
