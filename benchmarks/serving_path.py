@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import tritonclient.grpc
 from onnx import TensorProto, helper
 
 from edgeplex.bench.perf_analyzer import PerfAnalyzerError, ensure_perf_analyzer
@@ -83,7 +84,7 @@ def engine_alone(repo: Path, model: str, concurrency: int, seconds: float) -> di
         elapsed, cpu = time.monotonic() - started, time.process_time() - cpu
     finally:
         engine.close()
-    return {"rate": count / elapsed, "cpu_ms": cpu / count * 1e3, "cores": cpu / elapsed}
+    return {"rate": count / elapsed, "cpu_ms": cpu / count * 1e3, "cores": cpu / elapsed}  # CPU of this process
 
 
 def thread_cpu(pid: int) -> dict[tuple[int, str], float]:
@@ -100,15 +101,27 @@ def thread_cpu(pid: int) -> dict[tuple[int, str], float]:
     return seconds
 
 
+def answered(grpc_url: str, model: str) -> int:
+    """Requests the server has answered for `model`, by its own statistics (perf_analyzer's
+    request count covers only the windows it kept, not its whole run)."""
+    client = tritonclient.grpc.InferenceServerClient(grpc_url)
+    try:
+        return sum(int(stats.inference_count) for stats in client.get_inference_statistics(model).model_stats)
+    finally:
+        client.close()
+
+
 def perf(pid: int, model: str, grpc_url: str, concurrency: int, measurement_ms: int) -> dict[str, float]:
-    """perf_analyzer against a server process; the process's CPU per request, loop thread apart."""
+    """perf_analyzer against a server process; its CPU per request answered over the whole run,
+    loop thread and executors apart (threads that end during the run are not counted)."""
     analyzer = ensure_perf_analyzer()
+    count = answered(grpc_url, model)
     before, started = thread_cpu(pid), time.monotonic()
     result = analyzer.run(model, grpc_url, "grpc", concurrency, measurement_ms, shape=SHAPES.get(model),
                           stability_percentage=30, max_trials=5)
     after, elapsed = thread_cpu(pid), time.monotonic() - started
+    requests = max(answered(grpc_url, model) - count, 1)
     used = {key: after[key] - before.get(key, 0.0) for key in after}
-    requests = result.throughput * elapsed  # perf_analyzer's rate over the whole run, warm-up windows included
     loop = sum(cpu for (tid, _), cpu in used.items() if tid == pid)
     executors = sum(cpu for (_, name), cpu in used.items() if name.startswith(f"{model}-"))
     return {"rate": result.throughput, "p50_ms": result.p50_ms, "cpu_ms": sum(used.values()) / requests * 1e3,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -116,12 +115,10 @@ TINY = Case(IDENTITY, "grpc", 1)
 def _tiny(triton: bool) -> tuple[dict[str, object], str]:
     from edgeplex.bench.perf_analyzer import UnsupportedPlatform
 
-    start = time.monotonic()
     try:
         result, report = serving(rounds=1, measurement_ms=800, cases=[TINY], triton=triton, memory=False, warmup_s=1)
     except UnsupportedPlatform as exc:
         pytest.skip(str(exc))
-    assert time.monotonic() - start < 60, "the tiny case should take well under a minute"
     return result, report
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 from concurrent.futures import Future
 from typing import Any
 
 import pytest
 
-from edgeplex.engine.completions import completions
+from edgeplex.engine.completions import loop_completions as completions
 
 
 def test_results_and_errors_reach_their_own_waiters() -> None:
@@ -67,7 +69,10 @@ def test_a_burst_of_results_wakes_the_loop_once() -> None:
 
 def test_cancelling_the_waiter_cancels_work_not_started_and_a_late_result_is_dropped() -> None:
     async def scenario() -> None:
-        inbox = completions(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        errors: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        inbox = completions(loop)
         future: Future[int] = Future()
         waiter = inbox.watch(future)
         waiter.cancel()
@@ -82,6 +87,7 @@ def test_cancelling_the_waiter_cancels_work_not_started_and_a_late_result_is_dro
         running.set_result(1)  # finishes anyway: nobody waits, nothing raises
         await asyncio.sleep(0.01)
         assert late.cancelled()
+        assert errors == []  # the loop's handler saw no InvalidStateError from the drain
 
     asyncio.run(scenario())
 
@@ -95,3 +101,44 @@ def test_work_cancelled_by_the_engine_cancels_its_waiter() -> None:
             await waiter
 
     asyncio.run(scenario())
+
+
+def test_a_result_that_cannot_be_handed_over_fails_its_own_request_only() -> None:
+    """asyncio refuses StopIteration as a future's exception: that request fails with a clear
+    error, and the rest of its burst is still answered."""
+
+    async def scenario() -> None:
+        inbox = completions(asyncio.get_running_loop())
+        futures: list[Future[int]] = [Future() for _ in range(3)]
+        waiters = [inbox.watch(future) for future in futures]
+
+        def finish() -> None:
+            futures[0].set_result(0)
+            futures[1].set_exception(StopIteration())
+            futures[2].set_result(2)
+
+        thread = threading.Thread(target=finish)
+        thread.start()
+        thread.join()
+        results = await asyncio.gather(*waiters, return_exceptions=True)
+        assert results[0] == 0 and results[2] == 2
+        assert isinstance(results[1], RuntimeError) and "StopIteration" in str(results[1])
+
+    asyncio.run(scenario())
+
+
+def test_a_loop_that_is_done_with_is_freed_and_late_results_are_dropped() -> None:
+    """Each asyncio.run makes a loop; the inbox must not keep it (nor results for it) alive."""
+    late: Future[int] = Future()
+    assert late.set_running_or_notify_cancel()  # running when its loop ends: it cannot be cancelled
+
+    async def watch(future: Future[int]) -> weakref.ref[asyncio.AbstractEventLoop]:
+        loop = asyncio.get_running_loop()
+        completions(loop).watch(future)
+        return weakref.ref(loop)
+
+    gone = asyncio.run(watch(late))
+    late.set_result(1)  # arrives after its loop has closed: dropped, nothing raises
+    del late  # as the engine drops a job's future once answered (its callbacks hold the waiter)
+    gc.collect()
+    assert gone() is None  # and with it, its inbox: `_by_loop` holds loops weakly

@@ -17,6 +17,7 @@ from onnx import numpy_helper
 
 from edgeplex.engine import Engine, InferRequest
 from edgeplex.engine.pools import Grant, TokenPool
+from edgeplex.engine.thread_names import os_thread_name
 
 
 def _waiting(pool: TokenPool) -> int:
@@ -337,6 +338,13 @@ def test_executor_threads_carry_their_model_in_the_os_thread_name(engine: Engine
     deadline = time.monotonic() + 5
     for thread in executors:
         comm = Path(f"/proc/self/task/{thread.native_id}/comm")
-        while comm.read_text().strip() != thread.name.removeprefix("edgeplex-")[:15]:
+        while comm.read_text().strip() != os_thread_name(thread.name.removeprefix("edgeplex-")):
             assert time.monotonic() < deadline, f"{thread.name} is named {comm.read_text().strip()!r} by the OS"
             time.sleep(0.01)
+
+
+def test_long_model_names_keep_version_and_instance_in_the_os_thread_name() -> None:
+    assert os_thread_name("yolov8n-1-2") == "yolov8n-1-2"
+    assert os_thread_name("pose_landmark_full-1-2") == "pose_landma-1-2"
+    assert os_thread_name("face-detector-12-3") == "face-detec-12-3"
+    assert len(os_thread_name("x" * 40).encode()) == 15

@@ -218,7 +218,7 @@ def test_priority_and_timeout_pass_through(client: grpcclient.InferenceServerCli
 def test_large_typed_contents_are_decoded_off_the_event_loop(
     stub: service_pb2_grpc.GRPCInferenceServiceStub, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Typed contents past OFFLOAD_TYPED_BYTES are decoded on the codec thread; raw tensors of any
+    """Typed contents past OFFLOAD_JSON_BYTES are decoded on the codec thread; raw tensors of any
     size, and small typed ones, on the loop. The answers are the same either way."""
     import edgeplex.server.grpc as grpc_module
 
@@ -230,7 +230,7 @@ def test_large_typed_contents_are_decoded_off_the_event_loop(
         return original(*args)
 
     monkeypatch.setattr(grpc_module, "decode_request", recording)
-    monkeypatch.setattr(grpc_module, "OFFLOAD_TYPED_BYTES", 32)
+    monkeypatch.setattr(grpc_module, "OFFLOAD_JSON_BYTES", 32)
     typed = service_pb2.ModelInferRequest(model_name="add", id="x" * 40)
     typed.inputs.add(name="x", datatype="FP32", shape=[1, 4]).contents.fp32_contents.extend([1, 2, 3, 4])
     raw = raw_request("add", [("x", "FP32", [1, 4])], [np.array([1, 2, 3, 4], np.float32).tobytes()])

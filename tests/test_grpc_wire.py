@@ -8,6 +8,7 @@ from tritonclient.grpc import service_pb2
 
 from edgeplex.errors import InvalidInput
 from edgeplex.server.grpc_wire import parse_infer_request, serialize_infer_response, serialize_stream_response
+from edgeplex.tensors import raw_buffer
 
 
 def _request(raws: list[bytes]) -> service_pb2.ModelInferRequest:
@@ -59,7 +60,7 @@ def test_serialized_response_equals_protobufs_own() -> None:
     message = service_pb2.ModelInferResponse(model_name="m", model_version="1", id="x")
     for index, array in enumerate(outputs):
         message.outputs.add(name=f"o{index}", datatype="FP32", shape=list(array.shape))
-    ours = serialize_infer_response(message, outputs)
+    ours = serialize_infer_response(message, [raw_buffer(a) for a in outputs])
     reference = service_pb2.ModelInferResponse()
     reference.CopyFrom(message)
     reference.raw_output_contents.extend(np.ascontiguousarray(a).tobytes() for a in outputs)

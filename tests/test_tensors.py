@@ -174,3 +174,17 @@ def test_v2_datatype() -> None:
     assert v2_datatype(np.dtype("S3")) == "BYTES"
     with pytest.raises(InvalidInput, match="complex128"):
         v2_datatype(np.dtype(np.complex128))
+
+
+@pytest.mark.parametrize("array", [
+    np.arange(12, dtype=np.int32).reshape(3, 4).T,  # not C-contiguous
+    np.array([[True, False], [False, True]]),
+    np.arange(6, dtype=np.float16).reshape(2, 3)[:, ::2],
+    np.zeros((0, 4), np.float32),
+    np.array([b"ab", b"", b"xyz"], dtype=np.object_),
+])
+def test_raw_buffer_holds_the_same_bytes_as_to_raw(array: np.ndarray) -> None:
+    """The zero-copy view both transports reply with is byte for byte the binary extension's layout."""
+    from edgeplex.tensors import raw_buffer, to_raw
+
+    assert bytes(raw_buffer(array)) == to_raw(array)

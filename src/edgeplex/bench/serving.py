@@ -25,13 +25,16 @@ What is divided by what, per (server, case):
   perf_analyzer and anything else running.
 Memory, once per server: all five zoo models loaded, each having answered a few requests; PSS and
 RSS summed over the tree's /proc/<pid>/smaps_rollup (PSS shares pages among the processes that map
-them, so it is the tree's fair share; RSS counts a shared page once per process).
+them, so it is the tree's fair share; RSS counts a shared page once per process; USS, the pages no
+other process maps, is shown too: PSS would also shrink by pages shared with processes outside the
+tree, and this bench itself runs the same Python as edgeplex, not Triton's stubs' numpy).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -127,7 +130,8 @@ def tree_cpu_seconds(root: int) -> float:
 
 def tree_memory(root: int) -> dict[str, int]:
     """PSS and RSS bytes summed over `root`'s tree (smaps_rollup), and how many processes."""
-    pss = rss = count = 0
+    totals = {"Pss": 0, "Rss": 0, "Private_Clean": 0, "Private_Dirty": 0}
+    count = 0
     for pid in process_tree(root):
         try:
             lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
@@ -136,10 +140,10 @@ def tree_memory(root: int) -> dict[str, int]:
         count += 1
         for line in lines:
             key, _, value = line.partition(":")
-            if key in ("Pss", "Rss"):
-                kib = int(value.split()[0]) * 1024
-                pss, rss = (pss + kib, rss) if key == "Pss" else (pss, rss + kib)
-    return {"pss_bytes": pss, "rss_bytes": rss, "processes": count}
+            if key in totals:
+                totals[key] += int(value.split()[0]) * 1024
+    return {"pss_bytes": totals["Pss"], "rss_bytes": totals["Rss"],
+            "uss_bytes": totals["Private_Clean"] + totals["Private_Dirty"], "processes": count}
 
 
 # --- repositories --------------------------------------------------------------------------------
@@ -172,16 +176,14 @@ def repository(models: Sequence[str], overrides: dict[str, Any]) -> Path:
 
 def profile(repo: Path, models: Sequence[str], store: Path, cores: int) -> None:
     """Solo profiles of `models` into `store` before any load (as `bench peer` does): pareto plans
-    from them instead of profiling in the background while it is measured."""
-    from ..repository import Repository
-    from ..tuning.profiler import profile_model
-    from ..tuning.store import ProfileStore
-
-    profiles, source = ProfileStore(store), Repository(repo)
-    for model in models:
-        config = source.load_config(source.source(model))
-        profile_model(model, repo / model / "1" / "model.onnx", config, profiles, cores, iterations=30,
-                      max_seconds=2.0)
+    from them instead of profiling in the background while it is measured. In a process of its
+    own (`edgeplex profile`): the runtimes it maps must not share pages with the servers measured,
+    which would lower their PSS."""
+    command = [sys.executable, "-m", "edgeplex.cli", "--quiet", "profile", *models, "--repository", str(repo),
+               "--store", str(store), "--cores", str(cores), "--iterations", "30", "--max-seconds", "2.0"]
+    finished = subprocess.run(command, capture_output=True, text=True, check=False)
+    if finished.returncode != 0:
+        raise RuntimeError(f"edgeplex profile failed ({finished.returncode}):\n{finished.stdout[-2000:]}{finished.stderr[-2000:]}")
 
 
 # --- one server ----------------------------------------------------------------------------------
@@ -398,7 +400,8 @@ def text(result: dict[str, Any]) -> str:
     setup, summary = result["setup"], result["summary"]
     mib = 2**20
     memory_rows = [{"server": s if s == TRITON else f"edgeplex {s}", "processes": m["processes"],
-                    "PSS MiB": round(m["pss_bytes"] / mib, 1), "RSS MiB": round(m["rss_bytes"] / mib, 1),
+                    "PSS MiB": round(m["pss_bytes"] / mib, 1), "USS MiB": round(m.get("uss_bytes", 0) / mib, 1),
+                    "RSS MiB": round(m["rss_bytes"] / mib, 1),
                     "PSS vs T": _cell(summary["ratios"].get(s, {}).get("pss"), "x") if s != TRITON else ""}
                    for s, m in summary["memory"].items()]
     target_rows = [{"server": f"edgeplex {t['server']}", "case": t["case"], "figure": t["figure"], "goal": t["goal"],

@@ -19,10 +19,11 @@ Result = TypeVar("Result")
 
 
 class Completions:
-    """One event loop's inbox of finished executor futures."""
+    """One event loop's inbox of finished executor futures. It holds its loop weakly, so a loop
+    that is done with (each `asyncio.run` makes one) is freed with its inbox."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self._loop = weakref.ref(loop)
         self._lock = threading.Lock()
         self._ready: deque[tuple[asyncio.Future[Any], Future[Any]]] = deque()
         self._drain_scheduled = False
@@ -30,7 +31,9 @@ class Completions:
     def watch(self, future: Future[Result]) -> asyncio.Future[Result]:
         """An awaitable for `future`'s result; cancelling it cancels `future` (not yet started:
         it never computes), as `asyncio.wrap_future` does."""
-        waiter: asyncio.Future[Result] = self._loop.create_future()
+        loop = self._loop()
+        assert loop is not None, "watched from a loop that is gone"
+        waiter: asyncio.Future[Result] = loop.create_future()
         waiter.add_done_callback(lambda done: future.cancel() if done.cancelled() else None)
         future.add_done_callback(lambda finished: self._arrived(waiter, finished))
         return waiter
@@ -41,10 +44,15 @@ class Completions:
             if self._drain_scheduled:
                 return
             self._drain_scheduled = True
+        loop = self._loop()
         try:
-            self._loop.call_soon_threadsafe(self._drain)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            pass
+            if loop is None:
+                raise RuntimeError("the loop is gone")
+            loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # closed or gone: nobody waits any more; keep nothing
+            with self._lock:
+                self._ready.clear()
+                self._drain_scheduled = False
 
     def _drain(self) -> None:
         with self._lock:
@@ -53,20 +61,23 @@ class Completions:
         for waiter, finished in ready:
             if waiter.done():  # cancelled by its caller meanwhile
                 continue
-            if finished.cancelled():
-                waiter.cancel()
-            elif (error := finished.exception()) is not None:
-                waiter.set_exception(error)
-            else:
-                waiter.set_result(finished.result())
+            try:
+                if finished.cancelled():
+                    waiter.cancel()
+                elif (error := finished.exception()) is not None:
+                    waiter.set_exception(error)
+                else:
+                    waiter.set_result(finished.result())
+            except BaseException as exc:  # one bad result (e.g. a StopIteration) must not strand the burst
+                waiter.set_exception(RuntimeError(f"the result could not be handed over: {exc!r}"))
 
 
 _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Completions] = weakref.WeakKeyDictionary()
 _by_loop_lock = threading.Lock()
 
 
-def completions(loop: asyncio.AbstractEventLoop) -> Completions:
-    """The inbox of `loop` (one per loop, created on first use, gone with the loop)."""
+def loop_completions(loop: asyncio.AbstractEventLoop) -> Completions:
+    """The inbox of `loop` (one per loop, created on first use, freed with the loop)."""
     with _by_loop_lock:
         inbox = _by_loop.get(loop)
         if inbox is None:

@@ -21,7 +21,7 @@ from ..errors import EdgeplexError, MemoryFull, ModelEvicted, ServerShuttingDown
 from ..repository import Repository
 from ..variant_layout import list_variants, variant_files, variant_summary
 from .clock import SYSTEM_CLOCK, Clock
-from .completions import completions
+from .completions import loop_completions
 from .manager import RELOAD_WAIT_S, ModelManager
 from .placement import Explanation, ModelPlacement, config_as_placed
 from .pools import Grant
@@ -336,7 +336,7 @@ class Engine:
                         raise
                     await asyncio.sleep(max(exc.retry_in_s, 0.001))
         # One loop wake-up per burst of results, not one per result (engine/completions.py).
-        return await completions(asyncio.get_running_loop()).watch(future)
+        return await loop_completions(asyncio.get_running_loop()).watch(future)
 
     def submit_nowait(self, request: InferRequest) -> Future[InferResponse]:
         """Like `submit`, but raises ModelEvicted instead of loading the model again."""

@@ -5,10 +5,10 @@
 
 Every malformed part raises InvalidInput naming the field, so the HTTP adapter answers 400.
 
-JSON tensors are costly to code (a Python object per element); past `OFFLOAD_JSON_BYTES` of JSON
-in, or `OFFLOAD_JSON_ELEMENTS` elements out, the adapter codes them `off_loop` (offload.py), so
-one large JSON request does not stall the event loop that serves binary and gRPC traffic.
-Below those sizes the thread hop costs more than it saves.
+JSON tensors are costly to code (a Python object per element): past offload.py's sizes the
+adapter codes them on the codec thread (`json_bytes` and `json_output_elements` measure a
+request), so one large JSON request does not stall the event loop that serves binary and gRPC
+traffic.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ from ..tensors import (
 )
 
 HEADER_LENGTH = "inference-header-content-length"
-OFFLOAD_JSON_BYTES = 64 * 1024
-OFFLOAD_JSON_ELEMENTS = 16 * 1024
 
 
 def json_bytes(body_length: int, header_length: int | None) -> int:

@@ -34,7 +34,7 @@ from ..tensors import (
 from . import triton
 from .auth import ApiKeyInterceptor
 from .grpc_wire import parse_infer_request, serialize_infer_response, serialize_stream_response
-from .offload import off_loop
+from .offload import OFFLOAD_JSON_BYTES, off_loop
 from .ports import check_bindable
 from .triton import REPOSITORY_API_OFF
 
@@ -55,8 +55,6 @@ CONTENTS_FIELD: dict[str, str] = {
     "BYTES": "bytes_contents",
 }
 ALL_CONTENTS_FIELDS = frozenset(CONTENTS_FIELD.values())
-# Typed (non-raw) tensors past this size are decoded on the codec thread, not the event loop.
-OFFLOAD_TYPED_BYTES = 64 * 1024
 # Requests of one stream computed at once; beyond it the stream stops reading (backpressure).
 STREAM_WINDOW = 64
 
@@ -326,7 +324,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     async def _infer(self, data: bytes) -> bytes:
         parsed = parse_infer_request(data)
-        if len(data) >= OFFLOAD_TYPED_BYTES and not parsed.raw_input_contents:  # typed contents: costly
+        if len(data) >= OFFLOAD_JSON_BYTES and not parsed.raw_input_contents:  # typed contents: costly
             decoded = await off_loop(decode_request, parsed, self.max_tensor_elements)
         else:
             decoded = decode_request(parsed, self.max_tensor_elements)

@@ -14,12 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2
 
 from ..errors import InvalidInput
-from ..tensors import raw_buffer
 
 RAW_INPUT_CONTENTS = 7  # ModelInferRequest.raw_input_contents
 RAW_OUTPUT_CONTENTS = 6  # ModelInferResponse.raw_output_contents
@@ -81,11 +79,11 @@ def parse_infer_request(data: bytes) -> WireInferRequest:
     return WireInferRequest(message, raws)
 
 
-def serialize_infer_response(message: Any, raw_outputs: Sequence[np.ndarray | memoryview | bytes]) -> bytes:
-    """`message` (a ModelInferResponse without raw contents) plus the raw tensors, in order."""
+def serialize_infer_response(message: Any, raw_outputs: Sequence[memoryview | bytes]) -> bytes:
+    """`message` (a ModelInferResponse without raw contents) plus the raw tensors (`raw_buffer`
+    views), in order; the join is each tensor's one copy."""
     parts: list[Any] = [message.SerializeToString()]
-    for raw in raw_outputs:
-        payload = raw_buffer(raw) if isinstance(raw, np.ndarray) else raw
+    for payload in raw_outputs:
         parts.append(_field_header(RAW_OUTPUT_CONTENTS, len(payload)))
         parts.append(payload)
     return b"".join(parts)

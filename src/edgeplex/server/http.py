@@ -29,8 +29,6 @@ from ..tensors import DEFAULT_MAX_ELEMENTS
 from .auth import ApiKeyMiddleware
 from .codec import (
     HEADER_LENGTH,
-    OFFLOAD_JSON_BYTES,
-    OFFLOAD_JSON_ELEMENTS,
     decode_request,
     encode_response,
     json_bytes,
@@ -40,7 +38,7 @@ from .codec import (
 )
 from .dashboard import ASSETS, STATIC_DIR, FrontsSource, dashboard_document, no_fronts, plotly_js
 from .metrics import metrics_registry
-from .offload import off_loop
+from .offload import OFFLOAD_JSON_BYTES, OFFLOAD_JSON_ELEMENTS, off_loop
 from .openapi import OPENAPI_PATH, openapi_document
 from .triton import (
     REPOSITORY_API_OFF,

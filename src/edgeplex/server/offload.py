@@ -12,6 +12,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+# Past these sizes a transport codes tensors here. Below them the hop to the thread and back
+# (two wake-ups) costs more than coding a small body on the loop.
+OFFLOAD_JSON_BYTES = 64 * 1024  # JSON in (HTTP), or typed contents in (gRPC), or a gzip body
+OFFLOAD_JSON_ELEMENTS = 16 * 1024  # elements going out as JSON lists (HTTP)
+
 _CODER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeplex-codec")
 Result = TypeVar("Result")
 
