@@ -10,7 +10,7 @@ Per round, each server is started once (alone on the machine, the order reversed
 round) on a repository holding exactly the run's models, and every case is run against it: a few
 seconds of warm-up load (so pareto can re-plan under load; every server gets it), then one
 perf_analyzer measurement. Each figure is the median over rounds (`median_high`: a value some
-round measured); a ratio to Triton is of the two servers' medians (each server's rounds are
+round measured; with two rounds, the higher of the two, for both servers alike); a ratio to Triton is of the two servers' medians (each server's rounds are
 separate starts, so there is no per-round pairing to take a median of).
 
 What is divided by what, per (server, case):
