@@ -28,12 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import tritonclient.grpc
-from onnx import TensorProto, helper
 
 from edgeplex.bench.perf_analyzer import PerfAnalyzerError, ensure_perf_analyzer
 from edgeplex.bench.process import running_server
+from edgeplex.bench.serving import write_identity
 from edgeplex.bench.triton_peer import free_port
 from edgeplex.engine import Engine, InferRequest
 from edgeplex.zoo import default_zoo_dir, pull
@@ -46,15 +45,7 @@ INPUTS = {"identity": {"INPUT0": np.zeros((1, 16), np.float32)},
 
 def repository(root: Path) -> Path:
     """identity and ppocr_cls, two instances each, fixed (`--policy config`)."""
-    model = root / "identity" / "1"
-    model.mkdir(parents=True)
-    x = helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["N", 16])
-    y = helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["N", 16])
-    graph = helper.make_graph([helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"])], "identity", [x], [y])
-    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    onnx_model.ir_version = 8
-    onnx.save(onnx_model, model / "model.onnx")
-    (root / "identity" / "config.yaml").write_text("max_batch_size: 8\ninstance_count: 2\n")
+    write_identity(root, {"instance_count": 2})
     shutil.copytree(pull(default_zoo_dir(), ["ppocr_cls"], progress=False) / "ppocr_cls", root / "ppocr_cls")
     with (root / "ppocr_cls" / "config.yaml").open("a") as config:
         config.write("instance_count: 2\n")

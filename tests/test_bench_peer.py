@@ -21,7 +21,8 @@ from google.protobuf import text_format
 from models import add_model, fixed_model, int_model, write_config
 from tritonclient.grpc import model_config_pb2
 
-from edgeplex.bench.job import fixed_job, tree_cpu_seconds
+from edgeplex.bench.cpu import tree_cpu_seconds
+from edgeplex.bench.job import fixed_job
 from edgeplex.bench.triton_config import write_triton_repository
 from edgeplex.engine import Engine
 from edgeplex.repository import Repository

@@ -10,17 +10,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from edgeplex.bench.cpu import process_cpu_seconds
+from edgeplex.bench.cpu import process_cpu_seconds, process_tree, tree_cpu_seconds
 from edgeplex.bench.serving import (
     IDENTITY,
     TRITON,
     Case,
-    process_tree,
     serving,
     summarise,
     targets,
     text,
-    tree_cpu_seconds,
     tree_memory,
 )
 

@@ -159,8 +159,11 @@ def test_over_the_wire_both_models_are_served_while_taking_turns(tmp_path: Path)
     with running_server(root, "--policy", "config", cores=2) as probe:  # what a fresh server measures
         with urllib.request.urlopen(f"http://{probe.http_url}/v2/edgeplex/placement", timeout=10) as response:
             report = json.load(response)
-    one = max(entry["memory_bytes"] for entry in report["models"])
-    budget = int(1.5 * one)  # one fits, two do not
+    sizes = [entry["memory_bytes"] for entry in report["models"]]
+    # Halfway between the larger model and both: one fits, two do not, with room on each side
+    # for the few MB a model's measured footprint varies between starts (1.5x the larger one
+    # once held both, when the first load was measured 40 % heavier than it was later).
+    budget = int((max(sizes) + sum(sizes)) / 2)
     served: dict[str, int] = {"a": 0, "b": 0}
     errors: list[str] = []
     with running_server(root, "--memory-budget", str(budget), "--policy", "config", cores=2) as server:

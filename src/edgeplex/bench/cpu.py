@@ -22,6 +22,44 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat after the command name (which may hold spaces): state is [0], ppid [1]."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rpartition(")")[2].split()
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and all its descendants alive now (from every process's ppid in /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                children.setdefault(int(_stat_fields(int(entry.name))[1]), []).append(int(entry.name))
+            except (OSError, IndexError, ValueError):  # exited meanwhile
+                continue
+    tree, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        tree.append(pid)
+        frontier += children.get(pid, [])
+    return tree
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds of a process and all its descendants, the exited ones included: Triton's python
+    backend runs each model instance in a stub process of its own and restarts a stub it finds
+    unhealthy. Each live member counts its own time (utime + stime) plus its reaped children's
+    (cutime + cstime), so a stub that dies mid-run still counts, in its parent's figure."""
+    ticks = 0
+    for pid in process_tree(root):
+        try:
+            fields = _stat_fields(pid)
+        except OSError:  # exited meanwhile
+            continue
+        ticks += sum(int(fields[index]) for index in (11, 12, 13, 14))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_snapshot() -> tuple[float, float, float, float]:
     """(wall seconds, CPU seconds the whole box has used, CPU seconds of this process and its
     descendants: the bench, its helper and its servers, CPU seconds the hypervisor stole), from

@@ -11,40 +11,17 @@ exactly `requests` however its clients' latencies differ.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import clients
+from .cpu import tree_cpu_seconds
 from .progress import Progress
 from .stats import percentile
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds of a process and all its descendants, the exited ones included: Triton's python
-    backend runs each model instance in a stub process of its own (where the model computes) and
-    restarts a stub it finds unhealthy. Each live member counts its own time (utime + stime, as
-    `process_cpu_seconds`) plus its reaped children's (cutime + cstime), so a stub that dies
-    mid-run still counts, in its parent's figure, once reaped."""
-    stats: dict[int, list[str]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stats[int(entry.name)] = (entry / "stat").read_text().rpartition(")")[2].split()
-            except OSError:  # exited meanwhile
-                continue
-    tree, frontier = set(), [pid]
-    while frontier:
-        current = frontier.pop()
-        tree.add(current)
-        frontier += [child for child, fields in stats.items() if int(fields[1]) == current and child not in tree]
-    ticks = sum(int(stats[member][field]) for member in tree if member in stats for field in (11, 12, 13, 14))
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass

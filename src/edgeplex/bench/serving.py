@@ -47,7 +47,7 @@ from typing import Any
 import yaml
 
 from . import progress
-from .cpu import cpu_snapshot
+from .cpu import cpu_snapshot, process_tree, tree_cpu_seconds
 from .perf_analyzer import PerfAnalyzer, PerfAnalyzerError, WireProtocol, ensure_perf_analyzer
 from .process import ServerProcess, running_server
 from .report import table
@@ -91,42 +91,6 @@ TARGETS: tuple[tuple[str, str, str, str, float], ...] = (
 
 
 # --- the process tree, from /proc ---------------------------------------------------------------
-
-def _stat_fields(pid: int) -> list[str]:
-    """/proc/<pid>/stat after the command name (which may hold spaces): state is [0], ppid [1]."""
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().rpartition(")")[2].split()
-
-
-def process_tree(root: int) -> list[int]:
-    """`root` and all its descendants alive now (from every process's ppid in /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                children.setdefault(int(_stat_fields(int(entry.name))[1]), []).append(int(entry.name))
-            except (OSError, IndexError, ValueError):  # exited meanwhile
-                continue
-    tree, frontier = [], [root]
-    while frontier:
-        pid = frontier.pop()
-        tree.append(pid)
-        frontier += children.get(pid, [])
-    return tree
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """User+system CPU seconds of `root`'s tree: utime+stime+cutime+cstime of each live member
-    (cutime/cstime: its reaped children, so one that exited mid-interval still counts)."""
-    ticks = 0
-    for pid in process_tree(root):
-        try:
-            fields = _stat_fields(pid)
-        except OSError:
-            continue
-        ticks += sum(int(fields[i]) for i in (11, 12, 13, 14))
-    return ticks / os.sysconf("SC_CLK_TCK")
-
 
 def tree_memory(root: int) -> dict[str, int]:
     """PSS and RSS bytes summed over `root`'s tree (smaps_rollup), and how many processes."""
