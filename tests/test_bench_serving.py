@@ -4,6 +4,7 @@ hand-made figures, and (integration) one tiny perf_analyzer case against the rea
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -137,11 +138,12 @@ def test_tiny_case_against_edgeplex() -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.machine().lower() in ("x86_64", "amd64")),
+                    reason="nvidia-pytriton ships tritonserver for x86_64 Linux only")
 def test_tiny_case_against_triton_and_edgeplex() -> None:
-    from edgeplex.bench.triton_peer import default_install_dir
+    from edgeplex.bench.triton_peer import install
 
-    if not default_install_dir().is_dir():
-        pytest.skip(f"Triton is not installed at {default_install_dir()} (edgeplex bench peer installs it)")
+    install()  # from the nvidia-pytriton wheel on first use, as bench peer and its test do
     result, report = _tiny(triton=True)
     _check(result, TRITON)
     _check(result, "pareto")
