@@ -801,9 +801,10 @@ def test_large_gzip_body_is_inflated_off_the_event_loop(http: httpx.Client, monk
     assert inflated_on and inflated_on[0].startswith("edgeplex-codec")
 
 
-def test_binary_output_of_a_non_contiguous_result_is_exact(client: httpclient.InferenceServerClient) -> None:
-    """Binary outputs are joined from views of the arrays (one copy): the bytes must still be the
-    tensor's, in row-major order."""
+def test_binary_outputs_joined_from_views_are_exact(client: httpclient.InferenceServerClient) -> None:
+    """Binary outputs are joined from views of the arrays (one copy), here rows of a batch output
+    asked for in another order than the model's: the bytes must still be each tensor's, in
+    row-major order (non-contiguous arrays: tests/test_tensors.py)."""
     x = random_x(5, seed=7)
     result = client.infer("add", [tensor("x", x, "FP32")], outputs=[output("z"), output("y")])
     np.testing.assert_array_equal(result.as_numpy("y"), x + x)

@@ -293,8 +293,9 @@ def serving(rounds: int = 2, measurement_ms: int = 3000, cases: Sequence[Case] =
                                                                    phase_models, INSTANCES, 1)
         _say(f"profiling {', '.join(dict.fromkeys([*models, *(MEMORY_MODELS if memory else ())]))} solo for pareto")
         profile(repos["run"]["pareto"], models, store, cores)
-        if memory:
-            profile(repos["memory"]["pareto"], [m for m in MEMORY_MODELS if m not in models], store, cores)
+        unprofiled = [m for m in MEMORY_MODELS if m not in models] if memory else []
+        if unprofiled:  # `edgeplex profile` with no model named profiles every one
+            profile(repos["memory"]["pareto"], unprofiled, store, cores)
 
         def start(server: str, phase: str) -> AbstractContextManager[ServerProcess]:
             if server == TRITON:

@@ -22,8 +22,7 @@ REALM = 'Bearer realm="edgeplex"'
 
 # API groups that may be served without the key (Triton's `--http-restricted-api` and
 # `--grpc-restricted-protocol`, seen from the other side). Kubernetes and KServe probes carry
-# no key, so health is open by default.
-DEFAULT_OPEN_GROUPS = DEFAULT_OPEN_APIS
+# no key, so health is open by default (config.DEFAULT_OPEN_APIS).
 _GRPC_GROUPS = {"ServerLive": "health", "ServerReady": "health", "ModelReady": "health",
                 "ServerMetadata": "metadata", "ModelMetadata": "metadata"}
 
@@ -89,7 +88,7 @@ class ApiKeyMiddleware:
     `public` paths and paths under `public_prefixes` are served without it."""
 
     def __init__(self, app: Any, key: str, public: Iterable[str] = (), public_prefixes: Iterable[str] = (),
-                 open_groups: Iterable[str] = DEFAULT_OPEN_GROUPS) -> None:
+                 open_groups: Iterable[str] = DEFAULT_OPEN_APIS) -> None:
         self.app = app
         self.key = key
         self.public = frozenset(public)
@@ -120,7 +119,7 @@ class ApiKeyMiddleware:
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """grpc.aio interceptor refusing calls without the key (UNAUTHENTICATED)."""
 
-    def __init__(self, key: str, open_groups: Iterable[str] = DEFAULT_OPEN_GROUPS) -> None:
+    def __init__(self, key: str, open_groups: Iterable[str] = DEFAULT_OPEN_APIS) -> None:
         self.key = key
         self.open_groups = frozenset(open_groups)
 
